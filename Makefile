@@ -1,0 +1,10 @@
+# Thin wrapper over the project scripts; the scripts are the source of truth.
+.PHONY: build test bench upstream
+build:
+	go build -o bin/ ./cmd/twill ./cmd/twill-cni
+test:
+	hack/test.sh
+upstream:
+	hack/build-upstream.sh
+bench: build
+	bin/twill bench all
