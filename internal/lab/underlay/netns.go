@@ -127,3 +127,11 @@ func CleanupStale(prefix string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// CreateNetns creates a persistent network namespace (a lab pod's, say) and returns its path.
+func CreateNetns(name string) (string, error) {
+	return NetnsPath(name), createNetns(name)
+}
+
+// DeleteNetns removes a namespace made by CreateNetns; a missing one is not an error.
+func DeleteNetns(name string) error { return deleteNetns(name) }
