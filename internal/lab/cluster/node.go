@@ -156,4 +156,3 @@ func tail(path string, lines int) string {
 	}
 	return string(data)
 }
-
