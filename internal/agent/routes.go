@@ -36,8 +36,10 @@ func (a *Agent) routeLoop(ctx context.Context, w *watcher, dp datapath.RouteReco
 				continue
 			}
 			if err = dp.ApplyRoutes(ctx, state); err == nil {
-				if !applied || !state.Equal(last) {
-					a.log.Info("routes programmed", "peers", len(peers), "routes", len(state.Routes))
+				a.log.Info("routes programmed", "peers", len(peers), "routes", len(state.Routes))
+				if far := routing.NativeUnreachable(underlay, peers, a.cfg.Routing); len(far) > 0 {
+					a.log.Warn("native routing cannot reach these nodes' pods: they are not on this node's subnet (use --routing auto to tunnel to them)",
+						"nodes", far)
 				}
 				last, applied = state, true
 				a.routesApplied.Store(true)

@@ -26,8 +26,9 @@ import (
 //
 // Peers are taken in name order and a block already routed is never routed twice (our own
 // blocks first), so the result depends only on the set of peers, not on the order they come
-// in. Blocks that cannot be reached are left out: in native mode a block of a family the peer
-// has no node address of, and with VXLAN a peer without a node address of the tunnel family.
+// in. Blocks that cannot be reached are left out: in native mode a block of a peer that has no
+// node address of the block's family on one of our subnets (see NativeUnreachable), and with
+// VXLAN a peer without a node address of the tunnel family.
 func Compute(local Node, underlay Underlay, peers []Node, cfg Config) datapath.RouteState {
 	cfg = cfg.withDefaults()
 	c := computation{
@@ -88,9 +89,10 @@ func (c *computation) addPeer(p Node) {
 // encapsulation, if the mode allows it.
 func (c *computation) nativeNextHop(p Node, b netip.Prefix) (netip.Addr, bool) {
 	switch c.cfg.Mode {
-	case ModeNative:
-		return firstAddr(p.IPs, func(a netip.Addr) bool { return a.Is4() == b.Addr().Is4() })
-	case ModeAuto:
+	case ModeNative, ModeAuto:
+		// A native route needs the peer on one of our own subnets: a router between subnets
+		// does not know pod blocks (no BGP), and the kernel refuses a gateway it cannot reach
+		// directly anyway.
 		return firstAddr(p.IPs, func(a netip.Addr) bool {
 			return a.Is4() == b.Addr().Is4() && c.onUnderlaySubnet(a)
 		})
@@ -192,4 +194,24 @@ func sortedPeers(peers []Node) []Node {
 		)
 	})
 	return out
+}
+
+// NativeUnreachable names the peers whose blocks native mode cannot route (in whole or in part):
+// they have no node address on one of the local node's subnets for some family of their blocks.
+// The agent warns about them: such a cluster wants the auto mode.
+func NativeUnreachable(underlay Underlay, peers []Node, cfg Config) []string {
+	if cfg.withDefaults().Mode != ModeNative {
+		return nil
+	}
+	c := computation{cfg: cfg.withDefaults(), underlay: underlay}
+	var names []string
+	for _, p := range sortedPeers(peers) {
+		for _, b := range p.Blocks {
+			if _, ok := c.nativeNextHop(p, b); !ok {
+				names = append(names, p.Name)
+				break
+			}
+		}
+	}
+	return names
 }

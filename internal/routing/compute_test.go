@@ -91,13 +91,14 @@ func TestComputeVXLANOverIPv6OnlyUnderlay(t *testing.T) {
 
 func TestComputeNative(t *testing.T) {
 	got := Compute(n1, ul, []Node{n2, n3}, Config{Mode: ModeNative})
-	// n3 has no IPv6 node address, so its IPv6 block has no native next hop and is left out;
-	// n3 is not on our subnet, so its IPv4 route is one the kernel will refuse (native mode
-	// needs L2 adjacency): Compute still asks for it, as the user chose the mode.
+	// n3 is not on our subnet: native mode needs L2 adjacency, so its blocks are left out (a
+	// route the kernel would refuse must not hold up the others) and NativeUnreachable names it.
+	if got, want := NativeUnreachable(ul, []Node{n2, n3}, Config{Mode: ModeNative}), []string{"n3"}; !slices.Equal(got, want) {
+		t.Errorf("NativeUnreachable = %v, want %v", got, want)
+	}
 	checkState(t, got, golden(
 		"route blackhole 10.250.1.0/24",
 		"route 10.250.2.0/24 via 172.31.250.12 dev eth0",
-		"route 10.250.3.0/24 via 172.31.251.13 dev eth0",
 		"route blackhole fd10:0:0:1::/64",
 		"route fd10:0:0:2::/64 via fd00:250::12 dev eth0",
 	))
