@@ -1,0 +1,28 @@
+// Command cleanup removes the network namespaces that test runs killed before their own cleanup
+// left behind (processes they started die with them; the namespaces stay). It only touches
+// namespaces whose names start with the prefixes twill's tests use.
+package main
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/twill-net/twill/internal/lab/underlay"
+)
+
+// prefixes of the namespaces made by the e2e tests ("twe"), the benchmarks ("twb") and the
+// package tests ("twt-").
+var prefixes = []string{"twe", "twb", "twt-"}
+
+func main() {
+	failed := false
+	for _, p := range prefixes {
+		if err := underlay.CleanupStale(p); err != nil {
+			fmt.Fprintln(os.Stderr, "cleanup:", err)
+			failed = true
+		}
+	}
+	if failed {
+		os.Exit(1)
+	}
+}
