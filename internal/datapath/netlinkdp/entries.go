@@ -16,7 +16,7 @@ import (
 // Learning is off, so every entry on the device is one of ours: stale ones are all removed.
 func (r *Routes) syncFDB(vx *netlink.Vxlan, want []datapath.FDBEntry) error {
 	index := vx.Attrs().Index
-	current, err := netlink.NeighList(index, unix.AF_BRIDGE)
+	current, err := consistentDump(func() ([]netlink.Neigh, error) { return netlink.NeighList(index, unix.AF_BRIDGE) })
 	if err != nil {
 		return fmt.Errorf("listing FDB of %s: %w", vx.Attrs().Name, err)
 	}
@@ -69,7 +69,7 @@ func (r *Routes) syncNeighbors(vx *netlink.Vxlan, want []datapath.Neighbor) erro
 	var errs []error
 	have := map[netip.Addr]bool{}
 	for _, family := range []int{unix.AF_INET, unix.AF_INET6} {
-		current, err := netlink.NeighList(index, family)
+		current, err := consistentDump(func() ([]netlink.Neigh, error) { return netlink.NeighList(index, family) })
 		if err != nil {
 			errs = append(errs, fmt.Errorf("listing neighbours of %s: %w", vx.Attrs().Name, err))
 			continue

@@ -25,8 +25,10 @@ type routeKey struct {
 // syncRoutes makes the main table's RouteProtocolRemote routes exactly want. Routes are added
 // (or replaced in place) before stale ones are removed, so a changed route never has a gap.
 func (r *Routes) syncRoutes(want []datapath.Route) error {
-	current, err := netlink.RouteListFiltered(netlink.FAMILY_ALL,
-		&netlink.Route{Protocol: datapath.RouteProtocolRemote}, netlink.RT_FILTER_PROTOCOL)
+	current, err := consistentDump(func() ([]netlink.Route, error) {
+		return netlink.RouteListFiltered(netlink.FAMILY_ALL,
+			&netlink.Route{Protocol: datapath.RouteProtocolRemote}, netlink.RT_FILTER_PROTOCOL)
+	})
 	if err != nil {
 		return fmt.Errorf("listing twill's routes: %w", err)
 	}

@@ -113,7 +113,7 @@ func (r *Routes) syncLinkLocal(vx *netlink.Vxlan, spec *datapath.VXLANSpec) erro
 	if !spec.LinkLocal.IsValid() {
 		return nil
 	}
-	current, err := netlink.AddrList(vx, netlink.FAMILY_V6)
+	current, err := consistentDump(func() ([]netlink.Addr, error) { return netlink.AddrList(vx, netlink.FAMILY_V6) })
 	if err != nil {
 		return fmt.Errorf("listing addresses of %s: %w", spec.Name, err)
 	}

@@ -12,7 +12,9 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -48,6 +50,23 @@ type Options struct {
 	// AgentArgs are extra flags for every agent (routing mode, pools, intervals).
 	AgentArgs []string
 	Log       *slog.Logger
+	// Controllers also runs kube-controller-manager and kube-scheduler (then UpstreamBin must
+	// hold them): pods are scheduled, service accounts made, as in a real cluster.
+	Controllers bool
+	// NodeRuntime, when set, makes each node a real Kubernetes node (package kubenode: kubelet
+	// and containerd) before its agent starts; the agent then runs in that node's namespaces
+	// and the kubelet, not the cluster, registers the Node object.
+	NodeRuntime func(ctx context.Context, c *Cluster, n *Node) (NodeRuntime, error)
+}
+
+// NodeRuntime is what runs on a node besides its agent when the cluster has kubelets.
+type NodeRuntime interface {
+	// Command prepares prog to run on the node as its own programs run (its namespaces).
+	Command(ctx context.Context, prog string, args ...string) *exec.Cmd
+	// AgentArgs are flags the node's agent needs there (where to write the CNI config).
+	AgentArgs() []string
+	// Close stops the runtime and removes everything it made.
+	Close() error
 }
 
 // Cluster is a running cluster; Close removes all of it.
@@ -88,9 +107,10 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	}
 	opts.Log.Info("starting control plane", "at", cpNode.IP)
 	c.CP, err = controlplane.Start(ctx, controlplane.Config{
-		Dir:    filepath.Join(opts.Dir, "controlplane"),
-		BinDir: opts.UpstreamBin,
-		Node:   cpNode,
+		Dir:         filepath.Join(opts.Dir, "controlplane"),
+		BinDir:      opts.UpstreamBin,
+		Node:        cpNode,
+		Controllers: opts.Controllers,
 	})
 	if err != nil {
 		return c, err
@@ -140,7 +160,11 @@ func (c *Cluster) AddNode(ctx context.Context, spec NodeSpec) (*Node, error) {
 		StateDir:   filepath.Join(dir, "state"),
 		PendingDir: filepath.Join(dir, "pending-del"),
 	}
-	if err := c.registerNode(ctx, n); err != nil {
+	if c.opts.NodeRuntime != nil {
+		if n.runtime, err = c.opts.NodeRuntime(ctx, c, n); err != nil {
+			return nil, errors.Join(err, underlay.DeleteNetns(filepath.Base(n.Netns)))
+		}
+	} else if err := c.registerNode(ctx, n); err != nil {
 		return nil, err
 	}
 	c.mu.Lock()
@@ -187,12 +211,36 @@ func (c *Cluster) Nodes() []*Node {
 	return out
 }
 
+// RemoveNode takes a node out of the lab: it stops the node's agent, deletes its Node object
+// (if it is still there) and its namespace, and forgets it, so Nodes no longer lists it. Its
+// directory (agent log, state) stays. Pods bound to the node are the caller's to remove.
+func (c *Cluster) RemoveNode(ctx context.Context, name string) error {
+	n := c.Node(name)
+	if n == nil {
+		return fmt.Errorf("no node %q in the lab", name)
+	}
+	var errs []error
+	errs = append(errs, n.StopAgent(), n.closeRuntime())
+	err := c.Clients.Kube.CoreV1().Nodes().Delete(ctx, name, metav1.DeleteOptions{})
+	if err != nil && !apierrors.IsNotFound(err) {
+		errs = append(errs, fmt.Errorf("deleting Node %s: %w", name, err))
+	}
+	// The underlay keeps the node in its list (Close skips a namespace already gone), so node
+	// addresses and veth names are never reused within a run.
+	errs = append(errs, underlay.DeleteNetns(filepath.Base(n.Netns)))
+	c.mu.Lock()
+	delete(c.nodes, name)
+	c.order = slices.DeleteFunc(c.order, func(s string) bool { return s == name })
+	c.mu.Unlock()
+	return errors.Join(errs...)
+}
+
 // Close stops the agents and the control plane and removes every namespace; the Dir stays for
 // the caller to remove (it holds the logs worth reading after a failure).
 func (c *Cluster) Close() error {
 	var errs []error
 	for _, n := range c.Nodes() {
-		errs = append(errs, n.StopAgent())
+		errs = append(errs, n.StopAgent(), n.closeRuntime())
 	}
 	if c.CP != nil {
 		errs = append(errs, c.CP.Stop())

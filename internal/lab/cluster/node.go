@@ -24,8 +24,9 @@ type Node struct {
 	// ExtraArgs are added to the cluster's AgentArgs for this node's agent.
 	ExtraArgs []string
 
-	agent *exec.Cmd
-	done  chan struct{}
+	agent   *exec.Cmd
+	done    chan struct{}
+	runtime NodeRuntime // nil unless the cluster has kubelets
 }
 
 // AgentLog is the path of the agent's log (appended across restarts).
@@ -43,13 +44,18 @@ func (n *Node) StartAgent() error {
 		"--state-dir", n.StateDir,
 		"--pending-delete-dir", n.PendingDir,
 	}
+	command := n.Command
+	if n.runtime != nil {
+		command = n.runtime.Command
+		args = append(args, n.runtime.AgentArgs()...)
+	}
 	args = append(append(args, n.cluster.opts.AgentArgs...), n.ExtraArgs...)
 	log, err := os.OpenFile(n.AgentLog(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return err
 	}
 	defer log.Close()
-	cmd := n.Command(context.Background(), n.cluster.opts.TwillBin, args...)
+	cmd := command(context.Background(), n.cluster.opts.TwillBin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	if err := underlay.StartCommand(cmd); err != nil {
 		return fmt.Errorf("starting agent on %s: %w", n.Name, err)
@@ -57,6 +63,16 @@ func (n *Node) StartAgent() error {
 	n.agent, n.done = cmd, make(chan struct{})
 	go func(done chan struct{}) { _ = cmd.Wait(); close(done) }(n.done)
 	return nil
+}
+
+// closeRuntime stops the node's kubelet and containerd, if it has them, and removes them.
+func (n *Node) closeRuntime() error {
+	if n.runtime == nil {
+		return nil
+	}
+	err := n.runtime.Close()
+	n.runtime = nil
+	return err
 }
 
 // StopAgent stops the agent gracefully (SIGTERM); no agent running is not an error.
