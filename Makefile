@@ -1,7 +1,7 @@
 # Thin wrapper over the project scripts; the scripts are the source of truth.
 .PHONY: build test bench upstream
 build:
-	go build -o bin/ ./cmd/twill ./cmd/twill-cni
+	CGO_ENABLED=0 go build -o bin/ ./cmd/twill ./cmd/twill-cni
 test:
 	hack/test.sh
 upstream:

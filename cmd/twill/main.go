@@ -21,7 +21,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(agentCmd(), ipamCmd(), versionCmd())
+	root.AddCommand(agentCmd(), benchCmd(), ipamCmd(), versionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "twill:", err)
 		os.Exit(1)

@@ -1,13 +1,10 @@
 package cni
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"time"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -55,31 +52,21 @@ func (c *agentClient) call(ctx context.Context, path string, body, out any) erro
 	if err != nil {
 		return &unreachableError{socket: c.socket, waited: time.Since(start).Round(time.Millisecond), err: err}
 	}
-	client := &http.Client{Transport: &http.Transport{
-		// One connection, already made: the transport just uses it.
-		DialContext:       func(context.Context, string, string) (net.Conn, error) { return conn, nil },
-		DisableKeepAlives: true,
-	}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://twill-agent"+path, bytes.NewReader(payload))
-	if err != nil {
-		conn.Close()
-		return fmt.Errorf("build request for %s: %w", path, err)
+	defer conn.Close()
+	// The whole exchange, connection included, ends with ctx (requestTimeout).
+	if deadline, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(deadline)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
+	resp, err := exchange(conn, path, payload)
 	if err != nil {
 		return &unreachableError{socket: c.socket, waited: time.Since(start).Round(time.Millisecond), err: err}
 	}
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return &unreachableError{socket: c.socket, waited: time.Since(start).Round(time.Millisecond), err: err}
-	}
-	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+	data := resp.body
+	if resp.code < 200 || resp.code > 299 {
 		cniErr := &types.Error{}
 		if json.Unmarshal(data, cniErr) != nil || (cniErr.Code == 0 && cniErr.Msg == "") {
 			return types.NewError(types.ErrInternal,
-				fmt.Sprintf("twill agent answered %s on %s with %s", path, c.socket, resp.Status), string(data))
+				fmt.Sprintf("twill agent answered %s on %s with %s", path, c.socket, resp.status), string(data))
 		}
 		return cniErr
 	}

@@ -1,0 +1,49 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Options are what every suite takes from `twill bench`.
+type Options struct {
+	// Iterations is how many rounds each measurement repeats (0: the suite's default).
+	Iterations int
+	// Progress receives what a suite is doing while it runs (nil: nothing is said).
+	Progress io.Writer
+}
+
+// Suite is one benchmark program.
+type Suite struct {
+	Name  string
+	Short string
+	Run   func(ctx context.Context, opts Options) (Report, error)
+}
+
+// AllSuites is the name that selects every suite.
+const AllSuites = "all"
+
+// Suites lists every suite, in the order `twill bench all` runs them.
+func Suites() []Suite {
+	return []Suite{
+		{Name: "cni", Short: "CNI ADD/DEL latency as a runtime sees it, one pod at a time and 50 at once, against bridge+host-local", Run: runCNISuite},
+	}
+}
+
+// Select returns the named suite, or every suite for "all".
+func Select(name string) ([]Suite, error) {
+	all := Suites()
+	if name == AllSuites {
+		return all, nil
+	}
+	names := make([]string, 0, len(all)+1)
+	for _, s := range all {
+		if s.Name == name {
+			return []Suite{s}, nil
+		}
+		names = append(names, s.Name)
+	}
+	return nil, fmt.Errorf("no benchmark suite %q (have: %s, or %s)", name, strings.Join(names, ", "), AllSuites)
+}
