@@ -60,6 +60,7 @@ func (s *Server) Add(ctx context.Context, req cniproto.Request) (*types100.Resul
 	if err := s.ready(); err != nil {
 		return nil, types.NewError(types.ErrTryAgainLater, "twill agent is not ready yet: "+err.Error(), "")
 	}
+	s.releaseSuperseded(ctx, req)
 	s.gcMu.RLock()
 	defer s.gcMu.RUnlock()
 	h := ipam.Handle{ContainerID: req.ContainerID, IfName: req.IfName}
@@ -282,4 +283,30 @@ func deleteLinkIfPresent(host *netlink.Handle, name string) error {
 		return fmt.Errorf("delete host veth %s: %w", name, err)
 	}
 	return nil
+}
+
+// releaseSuperseded frees the attachments of older sandboxes of the pod an ADD is for. The
+// kubelet tears a pod's sandbox down before it makes a new one, so an older attachment of the
+// same pod (same UID) and interface is dead even when its DEL never arrived (a runtime that
+// crashed mid-teardown, a plugin killed): reclaiming it here, rather than at the next GC, keeps
+// a crash-looping sandbox from draining the node's addresses.
+func (s *Server) releaseSuperseded(ctx context.Context, req cniproto.Request) {
+	if req.PodUID == "" {
+		return
+	}
+	done := map[ipam.Handle]bool{}
+	for _, al := range s.alloc.Allocations() {
+		o := al.Owner
+		if o.PodUID != req.PodUID || o.IfName != req.IfName || o.ContainerID == req.ContainerID || done[o.Handle] {
+			continue
+		}
+		done[o.Handle] = true
+		if err := s.DeleteEndpoint(ctx, o.Handle); err != nil {
+			s.log.Warn("releasing a superseded sandbox of the pod", "pod", req.PodNamespace+"/"+req.PodName,
+				"containerID", o.ContainerID, "err", err)
+			continue
+		}
+		s.log.Info("released the addresses of a superseded sandbox of the pod", "pod", req.PodNamespace+"/"+req.PodName,
+			"old", o.ContainerID, "new", req.ContainerID)
+	}
 }

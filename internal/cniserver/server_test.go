@@ -331,3 +331,29 @@ func TestAddAfterSpooledDelAndRetriedAdd(t *testing.T) {
 		t.Errorf("CHECK of the new endpoint: %d %s", status, body)
 	}
 }
+
+// A new sandbox of the same pod means the old one is gone (the kubelet tears it down first), so
+// its addresses and host veth are released even though its DEL never came.
+func TestAddReleasesSupersededSandboxOfSamePod(t *testing.T) {
+	f := newFixture(t, nil)
+	node := handleIn(t, f.node)
+	old := request("sandbox1", cnitest.NewNetns(t, "pod"))
+	old.PodUID = "uid-1"
+	f.add(old)
+	other := request("other", cnitest.NewNetns(t, "pod"))
+	other.PodUID = "uid-2"
+	f.add(other)
+
+	renewed := request("sandbox2", cnitest.NewNetns(t, "pod"))
+	renewed.PodName, renewed.PodUID = old.PodName, old.PodUID
+	f.add(renewed)
+
+	if f.alloc.Holds(handleOf(old)) || linkExists(node, cniserver.HostVethName(handleOf(old))) {
+		t.Error("the superseded sandbox kept its addresses or host veth")
+	}
+	for _, keep := range []cniproto.Request{renewed, other} {
+		if !f.alloc.Holds(handleOf(keep)) || !linkExists(node, cniserver.HostVethName(handleOf(keep))) {
+			t.Errorf("%s lost its addresses or host veth", keep.ContainerID)
+		}
+	}
+}
