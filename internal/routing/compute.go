@@ -138,7 +138,10 @@ func (c *computation) state() datapath.RouteState {
 		s.Routes = append(s.Routes, r)
 	}
 	slices.SortFunc(s.Routes, func(a, b datapath.Route) int { return datapath.ComparePrefixes(a.Dst, b.Dst) })
-	if !c.viaVXLAN {
+	// The device exists in the tunnelling modes even when no route of ours uses it: a peer may
+	// tunnel to us (to reach our pods, or from a node that has no pods yet and so none of our
+	// routes point at it), and without the device its packets would be dropped on arrival.
+	if !c.viaVXLAN && (c.cfg.Mode == ModeNative || !c.tunnelLocal.IsValid()) {
 		return s
 	}
 	mac := vtepMAC(c.tunnelLocal)

@@ -137,14 +137,21 @@ func TestComputeAutoMixedPeer(t *testing.T) {
 	}
 }
 
-func TestComputeWithoutPeersHasNoTunnel(t *testing.T) {
-	for _, mode := range Modes {
-		got := Compute(n1, ul, nil, Config{Mode: mode})
-		checkState(t, got, golden("route blackhole 10.250.1.0/24", "route blackhole fd10:0:0:1::/64"))
+// n1's VXLAN device as the golden text shows it.
+const n1Device = "vxlan twill.vxlan id 1 dstport 8472 local 172.31.250.11 mtu 1450 address 02:74:ac:1f:fa:0b inet6 fe80::74:acff:fe1f:fa0b"
+
+// In the tunnelling modes the device exists even when no route of ours uses it, because peers
+// may tunnel to us (a node without pods has no routes pointing at it, yet it sends to ours).
+func TestComputeTunnelDeviceWithoutTunnelRoutes(t *testing.T) {
+	checkState(t, Compute(n1, ul, nil, Config{Mode: ModeNative}),
+		golden("route blackhole 10.250.1.0/24", "route blackhole fd10:0:0:1::/64"))
+	for _, mode := range []Mode{ModeVXLAN, ModeAuto} {
+		checkState(t, Compute(n1, ul, nil, Config{Mode: mode}),
+			golden(n1Device, "route blackhole 10.250.1.0/24", "route blackhole fd10:0:0:1::/64"))
 	}
-	// A peer on our subnet in auto mode needs no tunnel either.
-	if got := Compute(n1, ul, []Node{n2}, Config{Mode: ModeAuto}); got.VXLAN != nil || len(got.FDB) != 0 || len(got.Neighbors) != 0 {
-		t.Errorf("auto mode with only an adjacent peer made tunnel state:\n%s", got)
+	// A peer on our subnet in auto mode needs no FDB or neighbour entries.
+	if got := Compute(n1, ul, []Node{n2}, Config{Mode: ModeAuto}); got.VXLAN == nil || len(got.FDB) != 0 || len(got.Neighbors) != 0 {
+		t.Errorf("auto mode with only an adjacent peer: want the device and no tunnel entries, got\n%s", got)
 	}
 }
 
@@ -155,7 +162,7 @@ func TestComputeSkipsUnusablePeers(t *testing.T) {
 	v6only := Node{Name: "y", IPs: addrs("fd00:250::30"), Blocks: prefixes("10.250.51.0/24")}
 	got := Compute(n1, ul, []Node{self, noAddr, v6only}, Config{Mode: ModeVXLAN})
 	// The tunnel runs over IPv4 (n1's first address): neither x nor y has an IPv4 endpoint.
-	checkState(t, got, golden("route blackhole 10.250.1.0/24", "route blackhole fd10:0:0:1::/64"))
+	checkState(t, got, golden(n1Device, "route blackhole 10.250.1.0/24", "route blackhole fd10:0:0:1::/64"))
 }
 
 func TestComputeContestedBlock(t *testing.T) {

@@ -256,3 +256,27 @@ func routeDevice(t *testing.T, n *cluster.Node, ip netip.Addr) string {
 	}
 	return dev
 }
+
+// A node that has no pods (so no blocks, and no peer has a route to it) still reaches pods on
+// other nodes through the tunnel: the receiving node must have its VXLAN device although none of
+// its own routes use it.
+func TestNodeWithoutPodsReachesPodsAcrossSubnets(t *testing.T) {
+	c := needLab(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := c.AddPod(ctx, c.Node("n1"), "reached-from-empty-node")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Remove(context.Background(), p) })
+	serveEcho(t, p.Sandbox, netip.Addr{})
+	empty, err := c.AddNode(ctx, cluster.NodeSpec{Name: "n6", Subnet: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.RemoveNode(context.Background(), "n6") })
+	if err := empty.WaitReady(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventuallyEcho(t, ctx, empty.Node, p.IPv4(), "node n6 (no pods, other subnet) -> pod on n1")
+}
