@@ -10,8 +10,8 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # containernetworking-plugins: the reference plugins twill chains with and compares against.
-# iperf3: benchmarks. nftables, conntrack, iproute2: the datapath and its inspection.
-pkgs=(containernetworking-plugins iperf3 nftables conntrack iproute2 util-linux iputils-ping)
+# containerd, runc: the lab nodes' container runtime. iperf3: benchmarks. nftables, conntrack, iproute2: the datapath and its inspection.
+pkgs=(containernetworking-plugins containerd runc iperf3 nftables conntrack iproute2 util-linux iputils-ping)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

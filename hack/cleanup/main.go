@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 
+	"github.com/twill-net/twill/internal/lab/kubenode"
 	"github.com/twill-net/twill/internal/lab/underlay"
 )
 
@@ -17,6 +18,11 @@ var prefixes = []string{"twe", "twt-"}
 func main() {
 	failed := false
 	for _, p := range prefixes {
+		// Kubelet nodes first: their shims and pods outlive a killed lab and hold its namespaces.
+		if err := kubenode.CleanupStale(p); err != nil {
+			fmt.Fprintln(os.Stderr, "cleanup:", err)
+			failed = true
+		}
 		if err := underlay.CleanupStale(p); err != nil {
 			fmt.Fprintln(os.Stderr, "cleanup:", err)
 			failed = true

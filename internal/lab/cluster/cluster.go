@@ -55,7 +55,8 @@ type Options struct {
 	Controllers bool
 	// NodeRuntime, when set, makes each node a real Kubernetes node (package kubenode: kubelet
 	// and containerd) before its agent starts; the agent then runs in that node's namespaces
-	// and the kubelet, not the cluster, registers the Node object.
+	// and the kubelet, not the cluster, registers the Node object. Pods are then made through
+	// the API, not AddPod: the agent sees the node's /run, not the machine's namespaces.
 	NodeRuntime func(ctx context.Context, c *Cluster, n *Node) (NodeRuntime, error)
 }
 
@@ -111,6 +112,9 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		BinDir:      opts.UpstreamBin,
 		Node:        cpNode,
 		Controllers: opts.Controllers,
+		// Lab nodes have no DNS names: the apiserver reaches kubelets (logs, exec,
+		// port-forward) at their underlay address.
+		ExtraAPIServerArgs: []string{"--kubelet-preferred-address-types=InternalIP,Hostname"},
 	})
 	if err != nil {
 		return c, err
