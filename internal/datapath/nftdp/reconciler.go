@@ -1,0 +1,137 @@
+package nftdp
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/twill-net/twill/internal/datapath"
+)
+
+// Reconciler keeps twill's nftables table enforcing the latest PolicyState on one node's
+// pods. It is safe for concurrent use; applies are serialized.
+type Reconciler struct {
+	nft      knftables.Interface
+	nodeName string
+	log      *slog.Logger
+
+	mu sync.Mutex
+	// applied is what the table holds since the last successful apply; nil until the first,
+	// and after a failure, so that the next apply rebuilds the table whole.
+	applied *model
+	stats   Stats
+}
+
+// Stats counts applies by kind, for metrics and tests.
+type Stats struct {
+	Updates   int // incremental transactions run
+	Rebuilds  int // whole-table transactions run
+	Unchanged int // applies that found nothing to change
+	Failures  int // transactions the kernel refused
+}
+
+var (
+	_ datapath.PolicyReconciler    = (*Reconciler)(nil)
+	_ datapath.PolicyCounterReader = (*Reconciler)(nil)
+)
+
+// New returns a reconciler for the node named nodeName that writes through nft, which must
+// be bound to TableFamily and TableName (knftables.NewFake(TableFamily, TableName) in tests).
+// The node name picks the local pods out of a state: those whose endpoint's Node is it.
+func New(nft knftables.Interface, nodeName string, log *slog.Logger) *Reconciler {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Reconciler{nft: nft, nodeName: nodeName, log: log}
+}
+
+// NewKernel returns a reconciler writing to the kernel of the calling thread's network
+// namespace through the nft binary.
+func NewKernel(nodeName string, log *slog.Logger) (*Reconciler, error) {
+	nft, err := knftables.New(TableFamily, TableName)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return New(nft, nodeName, log), nil
+}
+
+// ApplyPolicy makes the table enforce s. The first apply (and any after a failure) replaces
+// the table whole, in one transaction; later ones send only what changed since the previous
+// apply, also in one transaction. Should an update be refused (someone edited the table), the
+// table is rebuilt at once.
+func (r *Reconciler) ApplyPolicy(ctx context.Context, s *datapath.PolicyState) error {
+	want := render(s, r.nodeName)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.applied != nil {
+		tx := r.nft.NewTransaction()
+		if want.update(r.applied, tx) {
+			if tx.NumOperations() == 0 {
+				r.stats.Unchanged++
+				return nil
+			}
+			err := r.nft.Run(ctx, tx)
+			if err == nil {
+				r.stats.Updates++
+				r.applied = want
+				return nil
+			}
+			r.stats.Failures++
+			r.log.Warn("nftables policy update refused; rebuilding the table", "table", TableName, "error", err)
+		}
+		r.applied = nil
+	}
+	tx := r.nft.NewTransaction()
+	want.rebuild(tx)
+	if err := r.nft.Run(ctx, tx); err != nil {
+		r.stats.Failures++
+		return fmt.Errorf("rebuild nftables table %s %s: %w", TableFamily, TableName, err)
+	}
+	r.stats.Rebuilds++
+	r.applied = want
+	return nil
+}
+
+// Stats returns the counts of applies so far.
+func (r *Reconciler) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stats
+}
+
+// PolicyCounters reads the table's counters, keyed as datapath.PolicyCounterReader says.
+// Counters start from zero when the table is rebuilt (first apply after a start).
+func (r *Reconciler) PolicyCounters(ctx context.Context) (map[string]datapath.PolicyCounter, error) {
+	r.mu.Lock()
+	var keys map[string]string
+	if r.applied != nil {
+		keys = r.applied.counters
+	}
+	r.mu.Unlock()
+	counters, err := r.nft.ListCounters(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list counters of nftables table %s: %w", TableName, err)
+	}
+	out := make(map[string]datapath.PolicyCounter, len(counters))
+	for _, c := range counters {
+		if c == nil { // knftables' fake lists some
+			continue
+		}
+		key, ok := keys[c.Name]
+		if !ok {
+			continue
+		}
+		var v datapath.PolicyCounter
+		if c.Packets != nil {
+			v.Packets = *c.Packets
+		}
+		if c.Bytes != nil {
+			v.Bytes = *c.Bytes
+		}
+		out[key] = v
+	}
+	return out, nil
+}

@@ -1,0 +1,266 @@
+package nftdp
+
+import (
+	"net/netip"
+	"slices"
+
+	"github.com/twill-net/twill/internal/datapath"
+)
+
+// The NetworkPolicy tier has no order (its rules only allow), so it is flattened: for every
+// local pod the tier isolates, what its rules allow is written as elements of four verdict
+// maps, looked up by
+//
+//	idport  local address . peer identity . protocol . port range
+//	id      local address . peer identity                          (rules for every port)
+//	netport local address . peer address range . protocol . port range
+//	net     local address . peer address range                     (rules for every port)
+//
+// each element pointing to the allow chain of the earliest rule that allows it, which counts
+// and returns. Four lookups decide the tier whatever the number of pods or policies. Keying by
+// the local pod's address rather than its identity keeps the local identity out of a
+// register (the ct mark holds the peer's) and resolves named ports of ingress rules per pod.
+//
+// Egress rules with a named port cannot be flattened that way (the port depends on the
+// destination pod, which the peer identity does not fix, and expanding it would cost local
+// pods x cluster pods elements): each gets its own rule, with a set of (local address . peer)
+// pairs and the cluster-wide set of the named port. Those rules depend on the policies only.
+func (b *builder) networkPolicyTier(d datapath.Direction, f family, rules *datapath.DirectionPolicy) {
+	c := b.m.chain(tierChain(d, f, datapath.TierNetworkPolicy), "")
+	local := f.addr + " " + localField(d)
+	peer := f.addr + " " + peerField(d)
+	c.rule(local, "!=", "@"+b.subjectSet(rules.Isolated, f), "goto", tierChain(d, f, datapath.TierBaseline))
+
+	idPortMap := b.m.vmap(npMap(d, f, "idport"), f.addrType+" . mark . inet_proto . inet_service", "", true)
+	idMap := b.m.vmap(npMap(d, f, "id"), f.addrType+" . mark", "", false)
+	netPortMap := b.m.vmap(npMap(d, f, "netport"), f.addrType+" . "+f.addrType+" . inet_proto . inet_service", "", true)
+	netMap := b.m.vmap(npMap(d, f, "net"), f.addrType+" . "+f.addrType, "", true)
+	c.rule(local, ". ct mark . meta l4proto . th dport vmap", "@"+npMap(d, f, "idport"))
+	c.rule(local, ". ct mark vmap", "@"+npMap(d, f, "id"))
+	c.rule(local, ".", peer, ". meta l4proto . th dport vmap", "@"+npMap(d, f, "netport"))
+	c.rule(local, ".", peer, "vmap", "@"+npMap(d, f, "net"))
+
+	allow := make([]string, len(rules.NetworkPolicy))
+	for i, r := range rules.NetworkPolicy {
+		allow[i] = "goto " + allowChain(r.Attribution)
+		if b.m.chains[allowChain(r.Attribution)] == nil { // shared by both families
+			b.m.chain(allowChain(r.Attribution), r.ID()).rule("counter name", b.counter(r.Attribution), "return")
+		}
+		if d == datapath.Egress {
+			b.egressNamedPortRules(c, f, r)
+		}
+	}
+	c.rule(dropVerdict(defaultDenyCounter(d)))
+	b.m.counters[defaultDenyCounter(d)] = datapath.DefaultDenyCounter(d)
+
+	isolated := b.members[rules.Isolated]
+	for _, p := range b.local[f] {
+		if !isolated[p.identity] {
+			continue
+		}
+		a := p.addr.String()
+		var fl flattened
+		for i, r := range rules.NetworkPolicy {
+			if b.members[r.Subject][p.identity] {
+				b.flatten(&fl, d, f, p.addr, r, i)
+			}
+		}
+		for _, k := range fl.idOrder {
+			idMap.add(allow[fl.idAny[k]], a, identityValue(k))
+		}
+		for _, k := range fl.idPortOrder {
+			for _, s := range partition(fl.idPort[k]) {
+				// The identity as a one-value range: nft 1.0.6 cannot delete an element of an
+				// interval concatenation whose mark is written as a single value.
+				id := identityValue(k.id)
+				idPortMap.add(allow[s.rank], a, id+"-"+id, protocolName(k.proto), formatPorts(s))
+			}
+		}
+		for _, s := range partition(fl.net) {
+			netMap.add(allow[s.rank], a, formatAddrs(s, f))
+		}
+		for _, proto := range fl.netPortOrder {
+			for _, r := range partition2(fl.netPort[proto]) {
+				netPortMap.add(allow[r.port.rank], a, formatAddrs(r.addr, f), protocolName(proto), formatPorts(r.port))
+			}
+		}
+	}
+}
+
+// flattened collects what one local pod's rules allow, with the index of the rule (its
+// rank: the earliest wins where rules overlap).
+type flattened struct {
+	idAny        map[datapath.Identity]int
+	idOrder      []datapath.Identity
+	idPort       map[idProto][]span
+	idPortOrder  []idProto
+	net          []span
+	netPort      map[datapath.Protocol][]rect
+	netPortOrder []datapath.Protocol
+}
+
+type idProto struct {
+	id    datapath.Identity
+	proto datapath.Protocol
+}
+
+type portRange struct {
+	proto       datapath.Protocol
+	first, last uint16
+}
+
+// flatten adds rule r (index rank) as it applies to the local pod at addr.
+func (b *builder) flatten(fl *flattened, d datapath.Direction, f family, addr netip.Addr, r datapath.Rule, rank int) {
+	if (!r.AnyPeer && len(r.Peers) == 0) || (!r.AnyPort && len(r.Ports) == 0) {
+		return
+	}
+	var ids []datapath.Identity
+	var nets []span
+	if r.AnyPeer {
+		nets = append(nets, prefixSpan(f.all, rank))
+	}
+	for _, p := range r.Peers {
+		if p.Identities != "" {
+			ids = append(ids, b.s.IdentitySets[p.Identities].Members...)
+			continue
+		}
+		for _, pfx := range b.s.CIDRSets[p.CIDRs].Prefixes {
+			if familyOf(pfx.Addr()) == f {
+				nets = append(nets, prefixSpan(pfx, rank))
+			}
+		}
+	}
+	if r.AnyPort {
+		fl.net = append(fl.net, nets...)
+		for _, id := range ids {
+			if fl.idAny == nil {
+				fl.idAny = map[datapath.Identity]int{}
+			}
+			if _, seen := fl.idAny[id]; !seen {
+				fl.idAny[id] = rank
+				fl.idOrder = append(fl.idOrder, id)
+			}
+		}
+		return
+	}
+	for _, pr := range b.resolvePorts(d, addr, r.Ports) {
+		ps := portSpan(pr.first, pr.last, rank)
+		for _, id := range ids {
+			k := idProto{id, pr.proto}
+			if fl.idPort == nil {
+				fl.idPort = map[idProto][]span{}
+			}
+			if fl.idPort[k] == nil {
+				fl.idPortOrder = append(fl.idPortOrder, k)
+			}
+			fl.idPort[k] = append(fl.idPort[k], ps)
+		}
+		for _, n := range nets {
+			if fl.netPort == nil {
+				fl.netPort = map[datapath.Protocol][]rect{}
+			}
+			if fl.netPort[pr.proto] == nil {
+				fl.netPortOrder = append(fl.netPortOrder, pr.proto)
+			}
+			fl.netPort[pr.proto] = append(fl.netPort[pr.proto], rect{addr: n, port: ps})
+		}
+	}
+}
+
+// resolvePorts turns a rule's ports into ranges. A named port of an ingress rule names a port
+// of the local pod (the destination), looked up here; named ports of egress rules are left
+// to egressNamedPortRules.
+func (b *builder) resolvePorts(d datapath.Direction, local netip.Addr, ports []datapath.PortMatch) []portRange {
+	var out []portRange
+	for _, pm := range ports {
+		if pm.NamedPort == "" {
+			out = append(out, portRange{pm.Protocol, pm.FirstPort, pm.LastPort})
+			continue
+		}
+		if d != datapath.Ingress {
+			continue
+		}
+		for _, e := range b.namedPorts[pm.NamedPort][local] {
+			if pm.Protocol == 0 || pm.Protocol == e.Protocol {
+				out = append(out, portRange{e.Protocol, e.Port, e.Port})
+			}
+		}
+	}
+	return out
+}
+
+// egressNamedPortRules renders the named ports of an egress rule: a rule per named port and
+// peer kind, matching (local address . peer) in a set of the rule's own and (destination .
+// protocol . port) in the port name's set.
+func (b *builder) egressNamedPortRules(c *chainModel, f family, r datapath.Rule) {
+	var named []datapath.PortMatch
+	for _, pm := range r.Ports {
+		if pm.NamedPort != "" {
+			named = append(named, pm)
+		}
+	}
+	if len(named) == 0 || (!r.AnyPeer && len(r.Peers) == 0) {
+		return
+	}
+	hasIDs, hasNets := false, r.AnyPeer
+	for _, p := range r.Peers {
+		hasIDs = hasIDs || p.Identities != ""
+		hasNets = hasNets || p.CIDRs != ""
+	}
+	isolated := b.members[b.s.Egress.Isolated]
+	var subjects []netip.Addr
+	for _, p := range b.local[f] {
+		if isolated[p.identity] && b.members[r.Subject][p.identity] {
+			subjects = append(subjects, p.addr)
+		}
+	}
+	var lookups []string
+	if hasIDs {
+		name := namedRuleSet(r.Attribution, f, "id")
+		set := b.m.set(name, f.addrType+" . mark", r.ID(), false)
+		for _, a := range subjects {
+			for _, p := range r.Peers {
+				for _, id := range b.s.IdentitySets[p.Identities].Members {
+					set.add("", a.String(), identityValue(id))
+				}
+			}
+		}
+		lookups = append(lookups, f.addr+" saddr . ct mark @"+name)
+	}
+	if hasNets {
+		name := namedRuleSet(r.Attribution, f, "net")
+		set := b.m.set(name, f.addrType+" . "+f.addrType, r.ID(), true)
+		var nets []span
+		if r.AnyPeer {
+			nets = append(nets, prefixSpan(f.all, 0))
+		}
+		for _, p := range r.Peers {
+			if p.CIDRs == "" {
+				continue
+			}
+			for _, pfx := range b.s.CIDRSets[p.CIDRs].Prefixes {
+				if familyOf(pfx.Addr()) == f {
+					nets = append(nets, prefixSpan(pfx, 0))
+				}
+			}
+		}
+		nets = partition(nets)
+		for _, a := range subjects {
+			for _, n := range nets {
+				set.add("", a.String(), formatAddrs(n, f))
+			}
+		}
+		lookups = append(lookups, f.addr+" saddr . "+f.addr+" daddr @"+name)
+	}
+	slices.Sort(lookups)
+	for _, lookup := range lookups {
+		for _, pm := range named {
+			proto := ""
+			if pm.Protocol != 0 {
+				proto = "meta l4proto " + protocolName(pm.Protocol)
+			}
+			c.rule(lookup, proto, f.addr, "daddr . meta l4proto . th dport @"+b.namedPortSet(pm.NamedPort, f),
+				"goto", allowChain(r.Attribution))
+		}
+	}
+}
