@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/signal"
@@ -21,9 +22,15 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(agentCmd(), benchCmd(), ipamCmd(), versionCmd())
+	root.AddCommand(agentCmd(), benchCmd(), connectivityCmd(), ipamCmd(), labCmd(), netcheckCmd(), versionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "twill:", err)
+		ee := (*exitError)(nil)
+		if !errors.As(err, &ee) || !ee.quiet {
+			fmt.Fprintln(os.Stderr, "twill:", err)
+		}
+		if ee != nil {
+			os.Exit(ee.code)
+		}
 		os.Exit(1)
 	}
 }

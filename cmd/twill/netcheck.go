@@ -1,0 +1,106 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/twill-net/twill/internal/netcheck"
+)
+
+// Exit codes of `twill netcheck connect`, which `twill connectivity test` reads back from pods.
+const (
+	exitTimeout     = 2
+	exitRefused     = 3
+	exitUnreachable = 4
+)
+
+// exitError makes main exit with code after printing err (unless quiet: the command already
+// said what happened, as a program run by `lab exec` does).
+type exitError struct {
+	code  int
+	err   error
+	quiet bool
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+func netcheckCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "netcheck",
+		Short: "The built-in workload: an echo server and a prober (run in the lab's workload image)",
+	}
+	cmd.AddCommand(netcheckServeCmd(), netcheckConnectCmd())
+	return cmd
+}
+
+func netcheckServeCmd() *cobra.Command {
+	var s netcheck.Server
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Answer on TCP, UDP and HTTP ports with this pod's name and the client address seen",
+		Long: `Answer on the given ports with this pod's name ($POD_NAME, else the hostname) and the
+client address the server saw: on TCP a line "pod=NAME client=IP:PORT" then an echo of what the
+client sends; on UDP the same line for each datagram; on HTTP a JSON object {"pod","client"}.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			s.Name = os.Getenv("POD_NAME")
+			if s.Name == "" {
+				s.Name, _ = os.Hostname()
+			}
+			s.Log = slog.New(slog.NewTextHandler(os.Stderr, nil))
+			return s.Run(cmd.Context())
+		},
+	}
+	f := cmd.Flags()
+	f.IntSliceVar(&s.TCP, "tcp", nil, "TCP ports (comma-separated)")
+	f.IntSliceVar(&s.UDP, "udp", nil, "UDP ports")
+	f.IntSliceVar(&s.HTTP, "http", nil, "HTTP ports")
+	return cmd
+}
+
+func netcheckConnectCmd() *cobra.Command {
+	var (
+		protocol string
+		opts     netcheck.Options
+	)
+	cmd := &cobra.Command{
+		Use:   "connect ADDR:PORT",
+		Short: "Reach a netcheck server and print its reply",
+		Long: fmt.Sprintf(`Reach the netcheck server at ADDR:PORT and print its reply ("pod=NAME client=IP:PORT").
+
+Exit codes tell the outcomes apart:
+  0  the server answered
+  1  another error (bad arguments, unexpected reply)
+  %d  timeout: nothing answered in time (dropped on the way)
+  %d  refused: the destination said nothing listens there (TCP reset, ICMP port unreachable)
+  %d  unreachable: no route, or ICMP host or network unreachable`,
+			exitTimeout, exitRefused, exitUnreachable),
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			reply, err := netcheck.Probe(cmd.Context(), protocol, args[0], opts)
+			switch {
+			case errors.Is(err, netcheck.ErrRefused):
+				return &exitError{code: exitRefused, err: err}
+			case errors.Is(err, netcheck.ErrTimeout):
+				return &exitError{code: exitTimeout, err: err}
+			case errors.Is(err, netcheck.ErrUnreachable):
+				return &exitError{code: exitUnreachable, err: err}
+			case err != nil:
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), reply)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&protocol, "protocol", netcheck.TCP, "tcp, udp or http")
+	f.DurationVar(&opts.Timeout, "timeout", 2*time.Second, "give up after this long")
+	f.BoolVar(&opts.FillMTU, "fill-mtu", false, "udp: send datagrams as large as the path MTU, never fragmented")
+	return cmd
+}

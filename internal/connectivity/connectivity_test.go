@@ -1,0 +1,159 @@
+package connectivity
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/client-go/kubernetes/fake"
+	k8stesting "k8s.io/client-go/testing"
+)
+
+// fakeCluster is an API whose pods run at once on their node, with addresses: 10.244.<node>.<n>
+// for pods, 10.254.1.<node> for the nodes (and hostNetwork pods).
+func fakeCluster(t *testing.T, nodes int) *fake.Clientset {
+	t.Helper()
+	var objs []runtime.Object
+	for i := range nodes {
+		objs = append(objs, &corev1.Node{
+			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node%d", i+1)},
+			Status:     corev1.NodeStatus{Conditions: []corev1.NodeCondition{{Type: corev1.NodeReady, Status: corev1.ConditionTrue}}},
+		})
+	}
+	kube := fake.NewClientset(objs...)
+	var mu sync.Mutex
+	count := 0
+	kube.PrependReactor("create", "pods", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		pod := action.(k8stesting.CreateAction).GetObject().(*corev1.Pod)
+		mu.Lock()
+		count++
+		n := count
+		mu.Unlock()
+		var node int
+		fmt.Sscanf(pod.Spec.NodeName, "node%d", &node)
+		pod.Status.Phase = corev1.PodRunning
+		pod.Status.HostIP = fmt.Sprintf("10.254.1.%d", node)
+		pod.Status.PodIP = fmt.Sprintf("10.244.%d.%d", node, n)
+		if pod.Spec.HostNetwork {
+			pod.Status.PodIP = pod.Status.HostIP
+		}
+		return false, pod, nil // the tracker stores the pod with its status
+	})
+	return kube
+}
+
+// prober answers probes as a network would: answer(from, addr) gives the address the server
+// saw, or the prober's exit code.
+type prober struct {
+	answer func(from *corev1.Pod, proto, addr string) (clientIP string, code int)
+	calls  []string
+}
+
+func (p *prober) exec(_ context.Context, pod *corev1.Pod, argv []string) (string, string, int, error) {
+	addr, proto := argv[3], argv[5]
+	p.calls = append(p.calls, pod.Name+" "+proto+" "+addr)
+	host, _, _ := net.SplitHostPort(addr)
+	if host == "127.0.0.1" {
+		return "pod=" + pod.Name + " client=127.0.0.1:1\n", "", 0, nil
+	}
+	clientIP, code := p.answer(pod, proto, addr)
+	if code != 0 {
+		return "", "twill: failed", code, nil
+	}
+	return "pod=server client=" + clientIP + ":40000\n", "", 0, nil
+}
+
+func runFake(t *testing.T, nodes int, answer func(*corev1.Pod, string, string) (string, int)) ([]Result, *prober) {
+	t.Helper()
+	kube := fakeCluster(t, nodes)
+	p := &prober{answer: answer}
+	r := newRun(Config{Kube: kube, Timeout: time.Second}, nil)
+	r.exec = p.exec
+	results, err := r.execute(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return results, p
+}
+
+// healthy answers every probe with the client's own address, and refuses the closed port.
+func healthy(from *corev1.Pod, proto, addr string) (string, int) {
+	if strings.HasSuffix(addr, ":8090") {
+		return "", exitRefused
+	}
+	return from.Status.PodIP, 0
+}
+
+func TestHealthyClusterPassesEveryScenario(t *testing.T) {
+	results, p := runFake(t, 3, healthy)
+	if n := Failed(results); n != 0 {
+		t.Errorf("%d scenarios failed on a healthy network: %+v", n, results)
+	}
+	// Every node gets a server; the client reaches each of them on each protocol.
+	for _, want := range []string{"client tcp 10.244.1.", "client udp 10.244.2.", "client http 10.244.3.", "host-0 tcp 10.244.3."} {
+		if !slices.ContainsFunc(p.calls, func(c string) bool { return strings.HasPrefix(c, want) }) {
+			t.Errorf("no probe %q among %v", want, p.calls)
+		}
+	}
+}
+
+func TestEachKindOfBreakageFailsItsScenarios(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		answer func(*corev1.Pod, string, string) (string, int)
+		failed []string
+	}{
+		{"cross-node traffic dropped", func(from *corev1.Pod, proto, addr string) (string, int) {
+			if strings.HasPrefix(addr, "10.244.2.") || strings.HasPrefix(addr, "10.254.1.2:") {
+				return "", exitTimeout
+			}
+			return healthy(from, proto, addr)
+		}, []string{"pod to pod, to node2 (tcp)", "pod to pod, to node2 (udp)", "node to pod, to node2 (tcp)", "pod to node, to node2 (tcp)", "closed port refused, node2"}},
+		{"source masqueraded", func(from *corev1.Pod, proto, addr string) (string, int) {
+			ip, code := healthy(from, proto, addr)
+			if code == 0 {
+				ip = from.Status.HostIP
+			}
+			return ip, code
+		}, []string{"pod to pod, same node (tcp)", "pod to pod, to node2 (http)"}},
+		{"closed port dropped, not refused", func(from *corev1.Pod, proto, addr string) (string, int) {
+			if strings.HasSuffix(addr, ":8090") {
+				return "", exitTimeout
+			}
+			return healthy(from, proto, addr)
+		}, []string{"closed port refused, node2"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			results, _ := runFake(t, 2, tc.answer)
+			for _, want := range tc.failed {
+				i := slices.IndexFunc(results, func(r Result) bool { return r.Scenario == want })
+				if i < 0 {
+					t.Errorf("no scenario %q", want)
+				} else if results[i].OK {
+					t.Errorf("%q passed: %+v", want, results[i])
+				}
+			}
+			if Failed(results) == 0 {
+				t.Error("the run reports no failure")
+			}
+		})
+	}
+}
+
+func TestSingleNodeSkipsAcrossNodes(t *testing.T) {
+	results, _ := runFake(t, 1, healthy)
+	if Failed(results) != 0 {
+		t.Errorf("failures on one healthy node: %+v", results)
+	}
+	if !slices.ContainsFunc(results, func(r Result) bool { return r.Skipped && strings.Contains(r.Scenario, "across nodes") }) {
+		t.Errorf("across-node scenarios not reported as skipped: %+v", results)
+	}
+}
