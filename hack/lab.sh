@@ -8,7 +8,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 "$root/hack/setup.sh"
-go build -o bin/ ./cmd/twill ./cmd/twill-cni
+CGO_ENABLED=0 go build -o bin/ ./cmd/twill ./cmd/twill-cni
 bin/twill lab up "$@"
 # The lab writes its kubeconfig (for use from this machine) into its directory.
 bin/twill connectivity test --kubeconfig "${TWILL_LAB_DIR:-/var/lib/twill-lab}/kubeconfig"
