@@ -17,7 +17,7 @@ func agentCmd() *cobra.Command {
 	var nodeIP, mode, poolV4, poolV6, logLevel string
 	cmd := &cobra.Command{
 		Use:   "agent",
-		Short: "Run the node agent (one per node: IPAM, routes, the CNI server)",
+		Short: "Run the node agent (one per node: IPAM, routes, network policy, the CNI server)",
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			var err error
 			if cfg.Routing.Mode, err = routing.ParseMode(mode); err != nil {
@@ -61,6 +61,7 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&poolV4, "default-pool-ipv4", cfg.DefaultPoolV4.String(), "IPv4 pool created when the cluster has no IPPool (empty: none)")
 	f.StringVar(&poolV6, "default-pool-ipv6", "", "IPv6 pool created when the cluster has no IPPool (empty: none), e.g. fd00:10:244::/56")
 	f.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", cfg.ReconcileInterval, "how often leaked addresses and blocks of deleted nodes are reclaimed")
+	f.BoolVar(&cfg.Policy, "policy", cfg.Policy, "enforce NetworkPolicy and ClusterNetworkPolicy on this node's pods (nftables)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

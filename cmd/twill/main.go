@@ -22,7 +22,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(agentCmd(), benchCmd(), connectivityCmd(), ipamCmd(), labCmd(), netcheckCmd(), versionCmd())
+	root.AddCommand(agentCmd(), benchCmd(), connectivityCmd(), ipamCmd(), labCmd(), netcheckCmd(), policyCmd(), versionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		ee := (*exitError)(nil)
 		if !errors.As(err, &ee) || !ee.quiet {

@@ -1,5 +1,6 @@
 // Package agent wires one node's parts together: the API informers, the IPAM allocator, the
-// routing calculator and its netlink reconciler, and the CNI server the plugin talks to. It holds
+// routing calculator and its netlink reconciler, the policy calculator and its nftables
+// reconciler, and the CNI server the plugin talks to. It holds
 // no networking logic of its own; each part has a constructor and a Run(ctx), and the agent
 // stops them all through the context.
 package agent
@@ -22,6 +23,7 @@ import (
 
 	"github.com/twill-net/twill/internal/cniserver"
 	"github.com/twill-net/twill/internal/datapath/netlinkdp"
+	"github.com/twill-net/twill/internal/datapath/nftdp"
 	"github.com/twill-net/twill/internal/ipam"
 	"github.com/twill-net/twill/internal/ipam/kubestore"
 	"github.com/twill-net/twill/internal/kube"
@@ -36,6 +38,8 @@ type Agent struct {
 	// routesApplied turns true once this node's routes have been programmed; until then the
 	// CNI server refuses ADD, because a pod that cannot reach other nodes is not yet networked.
 	routesApplied atomic.Bool
+	// policy enforces network policy; nil when the configuration turns enforcement off.
+	policy *policyEnforcer
 }
 
 // New checks the configuration and returns an agent ready to Run.
@@ -99,12 +103,31 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	cni := cniserver.New(cniserver.Config{
+	cniCfg := cniserver.Config{
 		SocketPath:       a.cfg.CNISocket,
 		PendingDeleteDir: a.cfg.PendingDeleteDir,
 		MTU:              podMTU,
 		Ready:            a.ready,
-	}, alloc, a.log)
+	}
+	if a.cfg.Policy {
+		nft, err := nftdp.NewKernel(a.cfg.NodeName, a.log)
+		if err != nil {
+			return fmt.Errorf("network policy datapath (--policy=false turns enforcement off): %w", err)
+		}
+		if a.policy, err = newPolicyEnforcer(clients, w.core, a.cfg.NodeName, nft, a.log); err != nil {
+			return err
+		}
+		w.synced = append(w.synced, a.policy.synced...)
+		a.policy.seedAddresses(alloc.Allocations())
+		cniCfg.BeforeReady = a.policy.beforeReady
+	} else {
+		a.log.Warn("network policy enforcement is off: NetworkPolicies are not enforced on this node")
+	}
+	var cniAlloc ipam.Allocator = alloc
+	if a.policy != nil {
+		cniAlloc = releaseWatcher{Allocator: alloc, onRelease: a.policy.released}
+	}
+	cni := cniserver.New(cniCfg, cniAlloc, a.log)
 
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return w.run(ctx) })
@@ -115,6 +138,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	g.Go(func() error {
 		return a.routeLoop(ctx, w, routes, routing.Underlay(underlay), nodeIP)
 	})
+	if a.policy != nil {
+		g.Go(func() error { return a.policy.run(ctx) })
+	}
 	g.Go(func() error { return cni.Run(ctx) })
 	g.Go(func() error { return a.reconcileLoop(ctx, clients, w, alloc, cni, store) })
 	if a.cfg.CNIConfDir != "" {
@@ -130,6 +156,11 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) ready() error {
 	if !a.routesApplied.Load() {
 		return errors.New("twill agent is starting: routes to other nodes are not programmed yet")
+	}
+	if a.policy != nil {
+		if err := a.policy.ready(); err != nil {
+			return fmt.Errorf("twill agent is starting: %w", err)
+		}
 	}
 	return nil
 }

@@ -34,6 +34,9 @@ type Config struct {
 	// CNIConfDir, when set, is where the agent writes twill's CNI config once it can serve ADDs,
 	// so the kubelet reports the node Ready only when pod networking works (as Flannel and Calico do).
 	CNIConfDir string
+	// Policy turns network policy enforcement on (NetworkPolicy, and ClusterNetworkPolicy
+	// when its CRD is installed); when on, ADD answers only once the pod's policy is in force.
+	Policy bool
 }
 
 // DefaultConfig returns the settings a plain install uses.
@@ -45,6 +48,7 @@ func DefaultConfig() Config {
 		Routing:           routing.Config{Mode: routing.ModeVXLAN, VNI: 1, Port: 8472},
 		DefaultPoolV4:     netip.MustParsePrefix("10.244.0.0/16"),
 		ReconcileInterval: time.Minute,
+		Policy:            true,
 	}
 }
 

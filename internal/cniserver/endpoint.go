@@ -91,7 +91,24 @@ func (s *Server) Add(ctx context.Context, req cniproto.Request) (*types100.Resul
 	if err != nil {
 		return nil, fmt.Errorf("allocate addresses for pod %s/%s: %w", req.PodNamespace, req.PodName, err)
 	}
-	ep, err := s.plumb(h, podNS, allocs)
+	// The policy goes in before the plumbing: by the time a route leads to the pod's address,
+	// the datapath already polices it, so not even a packet sent during the plumbing passes
+	// unjudged.
+	if s.cfg.BeforeReady != nil {
+		ep := Endpoint{PodNamespace: req.PodNamespace, PodName: req.PodName, PodUID: req.PodUID,
+			ContainerID: h.ContainerID, IfName: h.IfName}
+		for _, a := range allocs {
+			ep.IPs = append(ep.IPs, a.IP)
+		}
+		err = s.cfg.BeforeReady(ctx, ep)
+		if err != nil {
+			err = fmt.Errorf("put the policy of pod %s/%s in force: %w", req.PodNamespace, req.PodName, err)
+		}
+	}
+	var ep *endpoint
+	if err == nil {
+		ep, err = s.plumb(h, podNS, allocs)
+	}
 	if err != nil {
 		// Detached from ctx: a rollback must run even when the request's time is up.
 		cleanup := context.WithoutCancel(ctx)

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
@@ -38,6 +39,18 @@ type Config struct {
 	// Ready says whether the agent can serve ADDs (nil error = ready). STATUS reports it, and ADD
 	// is refused early while it fails. nil means always ready.
 	Ready func() error
+	// BeforeReady, when set, is called by ADD once the pod's addresses are allocated and before
+	// the endpoint is plumbed: the agent puts the pod's policy in force there, so that the pod's
+	// first packet is already policed. An error fails the ADD, which then releases the
+	// addresses (and so does a failure of the plumbing after it).
+	BeforeReady func(ctx context.Context, ep Endpoint) error
+}
+
+// Endpoint is a new pod attachment as BeforeReady sees it.
+type Endpoint struct {
+	PodNamespace, PodName, PodUID string
+	ContainerID, IfName           string
+	IPs                           []netip.Addr
 }
 
 // pendingRescan is how often spooled DELs are looked for after start. A DEL can be spooled just

@@ -24,7 +24,9 @@ const PodNamespace = "default"
 // Pod is a pod as the runtime sees it: a Pod object bound to a node, a sandbox network
 // namespace, and the CNI attachment twill made for it.
 type Pod struct {
-	Name        string
+	Name string
+	// Namespace is the pod's Kubernetes namespace; "" means PodNamespace.
+	Namespace   string
 	UID         string
 	Node        *Node
 	ContainerID string
@@ -37,18 +39,83 @@ type Pod struct {
 // CreatePodObject creates the Pod object bound to node (as the scheduler would), which the
 // agent checks allocations against.
 func (c *Cluster) CreatePodObject(ctx context.Context, node *Node, name string) (*corev1.Pod, error) {
+	return c.createPodObject(ctx, node, PodOptions{Name: name})
+}
+
+// PodOptions describe a pod made by AddPodWith.
+type PodOptions struct {
+	Name string
+	// Namespace is the pod's namespace ("" means PodNamespace); it must exist.
+	Namespace string
+	Labels    map[string]string
+	// AfterAdd, when set, is called the moment CNI ADD has answered, before the status is
+	// reported: what a test does there happens in the pod's first milliseconds.
+	AfterAdd func(*Pod)
+}
+
+func (o PodOptions) namespace() string {
+	if o.Namespace == "" {
+		return PodNamespace
+	}
+	return o.Namespace
+}
+
+func (c *Cluster) createPodObject(ctx context.Context, node *Node, o PodOptions) (*corev1.Pod, error) {
 	p := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: PodNamespace},
+		ObjectMeta: metav1.ObjectMeta{Name: o.Name, Namespace: o.namespace(), Labels: o.Labels},
 		Spec: corev1.PodSpec{
 			NodeName:   node.Name,
 			Containers: []corev1.Container{{Name: "c", Image: "lab.local/none:0"}},
 		},
 	}
-	obj, err := c.Clients.Kube.CoreV1().Pods(PodNamespace).Create(ctx, p, metav1.CreateOptions{})
+	obj, err := c.Clients.Kube.CoreV1().Pods(o.namespace()).Create(ctx, p, metav1.CreateOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("creating pod %s: %w", name, err)
+		return nil, fmt.Errorf("creating pod %s/%s: %w", o.namespace(), o.Name, err)
 	}
 	return obj, nil
+}
+
+// AddPodWith is AddPod for a pod with a namespace and labels; once ADD has answered it also
+// reports the pod's addresses in its status, as the kubelet does, so agents of other nodes
+// learn them (this lab runs no kubelet).
+func (c *Cluster) AddPodWith(ctx context.Context, node *Node, o PodOptions) (*Pod, error) {
+	obj, err := c.createPodObject(ctx, node, o)
+	if err != nil {
+		return nil, err
+	}
+	pod, err := c.NewSandbox(node, o.Name, string(obj.UID))
+	if err != nil {
+		return nil, errors.Join(err, c.deletePodObjectIn(ctx, o.namespace(), o.Name))
+	}
+	pod.Namespace = o.namespace()
+	if err := pod.Add(ctx); err != nil {
+		return nil, errors.Join(err, pod.Del(ctx), pod.removeSandbox(), c.deletePodObjectIn(ctx, o.namespace(), o.Name))
+	}
+	if o.AfterAdd != nil {
+		o.AfterAdd(pod)
+	}
+	if err := c.reportPodIPs(ctx, obj, pod.IPs); err != nil {
+		return nil, errors.Join(err, c.Remove(ctx, pod))
+	}
+	return pod, nil
+}
+
+// reportPodIPs writes the pod's addresses and the Running phase into its status.
+func (c *Cluster) reportPodIPs(ctx context.Context, obj *corev1.Pod, ips []netip.Addr) error {
+	obj = obj.DeepCopy()
+	obj.Status.Phase = corev1.PodRunning
+	obj.Status.PodIPs = nil
+	for _, ip := range ips {
+		obj.Status.PodIPs = append(obj.Status.PodIPs, corev1.PodIP{IP: ip.String()})
+	}
+	if len(ips) > 0 {
+		obj.Status.PodIP = ips[0].String()
+	}
+	_, err := c.Clients.Kube.CoreV1().Pods(obj.Namespace).UpdateStatus(ctx, obj, metav1.UpdateOptions{})
+	if err != nil {
+		return fmt.Errorf("reporting the addresses of pod %s/%s: %w", obj.Namespace, obj.Name, err)
+	}
+	return nil
 }
 
 // AddPod creates the Pod object and its sandbox namespace and runs CNI ADD for it on its node.
@@ -88,7 +155,7 @@ func (p *Pod) RuntimeConf() *libcni.RuntimeConf {
 		IfName:      "eth0",
 		Args: [][2]string{
 			{"IgnoreUnknown", "1"},
-			{"K8S_POD_NAMESPACE", PodNamespace},
+			{"K8S_POD_NAMESPACE", p.namespace()},
 			{"K8S_POD_NAME", p.Name},
 			{"K8S_POD_UID", p.UID},
 		},
@@ -118,6 +185,13 @@ func (p *Pod) Add(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+func (p *Pod) namespace() string {
+	if p.Namespace == "" {
+		return PodNamespace
+	}
+	return p.Namespace
 }
 
 // Del runs CNI DEL through libcni from inside the node's namespace.
@@ -159,7 +233,7 @@ func (p *Pod) Exec(ctx context.Context, prog string, args ...string) *exec.Cmd {
 
 // Remove deletes the pod the way kubelet does: CNI DEL, then the sandbox, then the Pod object.
 func (c *Cluster) Remove(ctx context.Context, p *Pod) error {
-	return errors.Join(p.Del(ctx), p.removeSandbox(), c.deletePodObject(ctx, p.Name))
+	return errors.Join(p.Del(ctx), p.removeSandbox(), c.deletePodObjectIn(ctx, p.namespace(), p.Name))
 }
 
 func (p *Pod) removeSandbox() error { return underlay.DeleteNetns(p.Sandbox.Name) }
@@ -170,8 +244,12 @@ func (c *Cluster) DeletePodObject(ctx context.Context, name string) error {
 }
 
 func (c *Cluster) deletePodObject(ctx context.Context, name string) error {
+	return c.deletePodObjectIn(ctx, PodNamespace, name)
+}
+
+func (c *Cluster) deletePodObjectIn(ctx context.Context, namespace, name string) error {
 	zero := int64(0)
-	err := c.Clients.Kube.CoreV1().Pods(PodNamespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	err := c.Clients.Kube.CoreV1().Pods(namespace).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
 	if apierrors.IsNotFound(err) {
 		return nil
 	}
