@@ -14,17 +14,16 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"runtime"
 	"strings"
 	"testing"
 
 	"github.com/containernetworking/plugins/pkg/ns"
 	"github.com/vishvananda/netlink"
-	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
 	"github.com/twill-net/twill/internal/datapath"
 	"github.com/twill-net/twill/internal/routing"
+	"github.com/twill-net/twill/internal/testutil"
 )
 
 // testNS is a named network namespace with a netlink handle bound to it.
@@ -53,58 +52,11 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
-// newNS creates twt-<role>-<suffix> with lo up and IPv6 duplicate address detection off (so
-// addresses are usable at once).
+// newNS creates twt-<role>-<suffix> (see testutil.NewNetNS).
 func (l *lab) newNS(role string) *testNS {
-	t := l.t
-	t.Helper()
-	name := fmt.Sprintf("twt-%s-%s", role, l.suffix)
-	created := make(chan error)
-	go func() {
-		// NewNamed moves this thread into the new namespace; the thread stays locked so the
-		// runtime discards it when the goroutine ends instead of reusing it elsewhere.
-		runtime.LockOSThread()
-		h, err := netns.NewNamed(name)
-		if err == nil {
-			h.Close()
-		}
-		created <- err
-	}()
-	if err := <-created; err != nil {
-		t.Fatalf("creating namespace %s: %v", name, err)
-	}
-	n := &testNS{name: name}
-	t.Cleanup(func() {
-		if n.nl != nil {
-			n.nl.Close()
-		}
-		if n.ns != nil {
-			n.ns.Close()
-		}
-		if err := netns.DeleteNamed(name); err != nil {
-			t.Errorf("removing namespace %s: %v", name, err)
-		}
-	})
-	var err error
-	if n.ns, err = ns.GetNS("/run/netns/" + name); err != nil {
-		t.Fatal(err)
-	}
-	h, err := netns.GetFromName(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	if n.nl, err = netlink.NewHandleAt(h); err != nil {
-		t.Fatal(err)
-	}
-	lo, err := n.nl.LinkByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	l.must(n.nl.LinkSetUp(lo))
-	l.sysctl(n, "net/ipv6/conf/all/accept_dad", "0")
-	l.sysctl(n, "net/ipv6/conf/default/accept_dad", "0")
-	return n
+	l.t.Helper()
+	n := testutil.NewNetNS(l.t, role, l.suffix)
+	return &testNS{name: n.Name, ns: n.NS, nl: n.NL}
 }
 
 func (l *lab) must(err error) {
