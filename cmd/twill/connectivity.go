@@ -34,13 +34,13 @@ func connectivityTestCmd() *cobra.Command {
 		Long: `Run the connectivity catalogue against the cluster of --kubeconfig (else $KUBECONFIG, else
 the lab's when it is up, else ~/.kube/config): pod to pod on the same node and to each other
 node (TCP, UDP, HTTP; the server must see the client pod's own address), a UDP datagram filling
-the pod's MTU, unfragmented, node to pod, pod to node (hostNetwork pods), pod to a hostPort, and
-a closed port refused rather than dropped. Pods run the workload
+the pod's MTU, unfragmented, node to pod, pod to node (hostNetwork pods), pod to a hostPort, pod to a
+ClusterIP Service (TCP, same node and across nodes; needs kube-proxy), and a closed port
+refused rather than dropped. Pods run the workload
 image (` + connectivity.DefaultImage + `, imagePullPolicy Never) in the namespace
 ` + connectivity.DefaultNamespace + `, deleted at the end. Exits 1 when any scenario fails.
 
-Not yet in the catalogue: ClusterIP and NodePort Services (they wait for kube-proxy or twill's
-service load balancing in the lab), DNS (CoreDNS in the lab), policy.`,
+Not yet in the catalogue: NodePort Services, DNS (CoreDNS in the lab), policy.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()

@@ -24,7 +24,7 @@ import (
 )
 
 // labPrograms are the upstream programs the lab runs, and kubectl for its user.
-var labPrograms = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kubectl"}
+var labPrograms = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"}
 
 func labCmd() *cobra.Command {
 	cmd := &cobra.Command{

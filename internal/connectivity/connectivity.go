@@ -97,7 +97,7 @@ func newRun(cfg Config, report func(Result)) *run {
 	if report == nil {
 		report = func(Result) {}
 	}
-	return &run{cfg: cfg, report: report}
+	return &run{cfg: cfg, report: report, serviceWait: defaultServiceWait}
 }
 
 func (r *run) execute(ctx context.Context) ([]Result, error) {
@@ -125,6 +125,8 @@ type run struct {
 	// client runs on the first node; servers[i] and hosts[i] on node i.
 	client         *corev1.Pod
 	servers, hosts []*corev1.Pod
+	// serviceWait is how long a new Service may take to work (tests shorten it).
+	serviceWait time.Duration
 }
 
 func (r *run) schedulableNodes(ctx context.Context) ([]corev1.Node, error) {
@@ -217,7 +219,8 @@ func (r *run) startPods(ctx context.Context, nodes []corev1.Node) error {
 func (r *run) createPod(ctx context.Context, name, node string, hostNetwork bool, port int, publish bool) (*corev1.Pod, error) {
 	zero := int64(0)
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: r.cfg.Namespace, Labels: map[string]string{"app": "twill-connectivity"}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: r.cfg.Namespace,
+			Labels: map[string]string{"app": "twill-connectivity", serverLabel: name}},
 		Spec: corev1.PodSpec{
 			// Placed by name, not by the scheduler: each scenario needs a given pair of nodes.
 			NodeName:                      node,

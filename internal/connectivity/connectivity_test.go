@@ -47,6 +47,15 @@ func fakeCluster(t *testing.T, nodes int) *fake.Clientset {
 		}
 		return false, pod, nil // the tracker stores the pod with its status
 	})
+	services := 0
+	kube.PrependReactor("create", "services", func(action k8stesting.Action) (bool, runtime.Object, error) {
+		svc := action.(k8stesting.CreateAction).GetObject().(*corev1.Service)
+		mu.Lock()
+		services++
+		svc.Spec.ClusterIP = fmt.Sprintf("10.96.0.%d", services)
+		mu.Unlock()
+		return false, svc, nil
+	})
 	return kube
 }
 
@@ -55,9 +64,29 @@ func fakeCluster(t *testing.T, nodes int) *fake.Clientset {
 type prober struct {
 	answer func(from *corev1.Pod, proto, addr string) (clientIP string, code int)
 	calls  []string
+	// kube names the pod that answers: the one with the address, or the one a Service with
+	// the address selects.
+	kube *fake.Clientset
 }
 
-func (p *prober) exec(_ context.Context, pod *corev1.Pod, argv []string) (string, string, int, error) {
+// server names the pod serving at host, as the network would deliver to it.
+func (p *prober) server(ctx context.Context, host string) string {
+	pods, _ := p.kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	for _, pod := range pods.Items {
+		if pod.Status.PodIP == host && !pod.Spec.HostNetwork {
+			return pod.Name
+		}
+	}
+	services, _ := p.kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	for _, svc := range services.Items {
+		if svc.Spec.ClusterIP == host {
+			return svc.Spec.Selector[serverLabel]
+		}
+	}
+	return "server"
+}
+
+func (p *prober) exec(ctx context.Context, pod *corev1.Pod, argv []string) (string, string, int, error) {
 	addr, proto := argv[3], argv[5]
 	p.calls = append(p.calls, pod.Name+" "+proto+" "+addr)
 	host, _, _ := net.SplitHostPort(addr)
@@ -68,15 +97,16 @@ func (p *prober) exec(_ context.Context, pod *corev1.Pod, argv []string) (string
 	if code != 0 {
 		return "", "twill: failed", code, nil
 	}
-	return "pod=server client=" + clientIP + ":40000\n", "", 0, nil
+	return "pod=" + p.server(ctx, host) + " client=" + clientIP + ":40000\n", "", 0, nil
 }
 
 func runFake(t *testing.T, nodes int, answer func(*corev1.Pod, string, string) (string, int)) ([]Result, *prober) {
 	t.Helper()
 	kube := fakeCluster(t, nodes)
-	p := &prober{answer: answer}
+	p := &prober{answer: answer, kube: kube}
 	r := newRun(Config{Kube: kube, Timeout: time.Second}, nil)
 	r.exec = p.exec
+	r.serviceWait = 100 * time.Millisecond
 	results, err := r.execute(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -98,7 +128,8 @@ func TestHealthyClusterPassesEveryScenario(t *testing.T) {
 		t.Errorf("%d scenarios failed on a healthy network: %+v", n, results)
 	}
 	// Every node gets a server; the client reaches each of them on each protocol.
-	for _, want := range []string{"client tcp 10.244.1.", "client udp 10.244.2.", "client http 10.244.3.", "host-0 tcp 10.244.3."} {
+	for _, want := range []string{"client tcp 10.244.1.", "client udp 10.244.2.", "client http 10.244.3.", "host-0 tcp 10.244.3.",
+		"client tcp 10.96.0.1:80", "client tcp 10.96.0.3:80"} {
 		if !slices.ContainsFunc(p.calls, func(c string) bool { return strings.HasPrefix(c, want) }) {
 			t.Errorf("no probe %q among %v", want, p.calls)
 		}
@@ -124,6 +155,19 @@ func TestEachKindOfBreakageFailsItsScenarios(t *testing.T) {
 			}
 			return ip, code
 		}, []string{"pod to pod, same node (tcp)", "pod to pod, to node2 (http)"}},
+		{"no Service implementation (no kube-proxy)", func(from *corev1.Pod, proto, addr string) (string, int) {
+			if strings.HasPrefix(addr, "10.96.") {
+				return "", exitTimeout
+			}
+			return healthy(from, proto, addr)
+		}, []string{"pod to ClusterIP Service, same node (tcp)", "pod to ClusterIP Service, to node2 (tcp)"}},
+		{"Service traffic masqueraded", func(from *corev1.Pod, proto, addr string) (string, int) {
+			ip, code := healthy(from, proto, addr)
+			if strings.HasPrefix(addr, "10.96.") {
+				ip = from.Status.HostIP
+			}
+			return ip, code
+		}, []string{"pod to ClusterIP Service, same node (tcp)", "pod to ClusterIP Service, to node2 (tcp)"}},
 		{"closed port dropped, not refused", func(from *corev1.Pod, proto, addr string) (string, int) {
 			if strings.HasSuffix(addr, ":8090") {
 				return "", exitTimeout

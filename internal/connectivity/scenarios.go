@@ -21,7 +21,8 @@ const (
 )
 
 // scenarios runs the catalogue. Scenarios that need what the cluster lacks (a second node,
-// kube-proxy for Services, cluster DNS) are listed by `twill connectivity test` as later work.
+// cluster DNS) are listed by `twill connectivity test` as later work. ClusterIP Services need
+// kube-proxy (or a replacement) on the nodes.
 func (r *run) scenarios(ctx context.Context) {
 	client := r.client
 	for i, server := range r.servers {
@@ -50,6 +51,7 @@ func (r *run) scenarios(ctx context.Context) {
 			hostPortOf(server.Status.HostIP, mappedPort), "")
 		r.expect(ctx, fmt.Sprintf("pod to hostPort, %s (udp)", where), client, netcheck.UDP,
 			hostPortOf(server.Status.HostIP, mappedPort+1), "")
+		r.expectClusterIP(ctx, fmt.Sprintf("pod to ClusterIP Service, %s (tcp)", where), server)
 	}
 	if len(r.servers) == 1 {
 		r.add(Result{Scenario: "pod to pod, across nodes", Skipped: true, Detail: "a single schedulable node"})

@@ -61,7 +61,10 @@ type Config struct {
 	// before the kubelet starts, and must include it.
 	SandboxImage string
 	Images       []Image
-	Log          *slog.Logger
+	// KubeProxy runs the upstream kube-proxy (from BinDir) on the node, so Services work; off,
+	// the node has none, as a node of a cluster that does without would.
+	KubeProxy bool
+	Log       *slog.Logger
 }
 
 // Node is a running Kubernetes node; Close removes all of it.
@@ -79,10 +82,12 @@ type Node struct {
 	ns                  *nodeNamespaces
 	cgroups             *nodeCgroups
 	containerd, kubelet *daemon
+	kubeProxy           *daemon
 }
 
-// Start lays out the node, starts containerd, imports the images and starts the kubelet. It
-// returns once the kubelet runs; the Node object appears a moment later and turns Ready when
+// Start lays out the node, starts containerd, imports the images and starts the kubelet (and
+// kube-proxy, with Config.KubeProxy). It returns once they run; the Node object appears a
+// moment later and turns Ready when
 // the node's CNI config exists (the twill agent writes it once it serves). ctx bounds the start
 // only. On failure nothing is left.
 func Start(ctx context.Context, cfg Config) (n *Node, err error) {
@@ -131,6 +136,11 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	}
 	if err := n.startKubelet(); err != nil {
 		return n, err
+	}
+	if cfg.KubeProxy {
+		if err := n.startKubeProxy(); err != nil {
+			return n, err
+		}
 	}
 	cfg.Log.Info("node runtime started", "node", n.Name, "took", time.Since(start).Round(time.Millisecond))
 	return n, nil
@@ -214,13 +224,13 @@ func (n *Node) AgentArgs() []string { return []string{"--cni-conf-dir=" + CNICon
 // LogDir is where the node's programs log (containerd.log, kubelet.log).
 func (n *Node) LogDir() string { return filepath.Join(n.Dir, "logs") }
 
-// Close stops the kubelet and containerd, kills everything else the node ran (containerd's
+// Close stops kube-proxy, the kubelet and containerd, kills everything else the node ran (containerd's
 // shims and the pods' processes, which outlive containerd; any program started with Command),
 // releases the node's namespaces (and with them every mount made in the node) and removes its
 // cgroups. Dir stays, logs included. It may be called more than once.
 func (n *Node) Close() error {
 	var errs []error
-	errs = append(errs, n.kubelet.stop(), n.containerd.stop())
+	errs = append(errs, n.kubeProxy.stop(), n.kubelet.stop(), n.containerd.stop())
 	errs = append(errs, n.killAll())
 	if n.ns != nil {
 		errs = append(errs, n.ns.remove())

@@ -50,7 +50,7 @@ func TestPodGetsTwillNetworkThroughKubeletAndContainerd(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
 	defer cancel()
-	upstreamBin, err := upstream.Binaries(ctx, "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+	upstreamBin, err := upstream.Binaries(ctx, "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
 	if errors.Is(err, upstream.ErrNotBuilt) {
 		t.Skip(err)
 	}
@@ -80,6 +80,7 @@ func TestPodGetsTwillNetworkThroughKubeletAndContainerd(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	conntrackMax, _ := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max")
 	name := fmt.Sprintf("twt-kn%04x", rand.IntN(1<<16))
 	log := slog.New(slog.NewTextHandler(testWriter{t}, nil))
 	var nodes []*kubenode.Node
@@ -102,8 +103,9 @@ func TestPodGetsTwillNetworkThroughKubeletAndContainerd(t *testing.T) {
 					"portmap":   "/usr/lib/cni/portmap",
 					"loopback":  "/usr/lib/cni/loopback",
 				},
-				Images: []kubenode.Image{pause},
-				Log:    log,
+				Images:    []kubenode.Image{pause},
+				KubeProxy: true,
+				Log:       log,
 			})
 			if err != nil {
 				return nil, err
@@ -135,6 +137,18 @@ func TestPodGetsTwillNetworkThroughKubeletAndContainerd(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(kn.Dir, "cni/net.d", agent.CNIConfFile)); err != nil {
 			t.Errorf("node %s: twill's CNI config is not where containerd looks: %v", kn.Name, err)
 		}
+	}
+
+	// kube-proxy programs Services in each node's own network namespace, and leaves the
+	// machine's conntrack settings as they were.
+	for _, n := range lab.Nodes() {
+		waitKubeProxyTable(ctx, t, n)
+	}
+	if got, _ := os.ReadFile("/proc/sys/net/netfilter/nf_conntrack_max"); string(got) != string(conntrackMax) {
+		t.Errorf("nf_conntrack_max changed from %q to %q", conntrackMax, got)
+	}
+	if out, err := exec.CommandContext(ctx, "nft", "list", "table", "ip", "kube-proxy").CombinedOutput(); err == nil {
+		t.Errorf("kube-proxy's table is in the machine's network namespace:\n%s", out)
 	}
 
 	podStart := time.Now()
@@ -341,4 +355,20 @@ type testWriter struct{ t *testing.T }
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
+}
+
+// waitKubeProxyTable waits until kube-proxy has made its nftables table in node's namespace.
+func waitKubeProxyTable(ctx context.Context, t *testing.T, node *cluster.Node) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, err := node.Command(ctx, "nft", "list", "table", "ip", "kube-proxy").CombinedOutput()
+		if err == nil && strings.Contains(string(out), "services") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("node %s: no kube-proxy nftables table after a minute: %v\n%s", node.Name, err, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
 }

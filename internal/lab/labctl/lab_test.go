@@ -38,7 +38,7 @@ func TestLabUpConnectivityDown(t *testing.T) {
 		t.Skip("skipped: Debian's CNI plugins are not installed (hack/setup.sh)")
 	}
 	ctx := t.Context()
-	upstreamBin, err := upstream.Binaries(ctx, "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet")
+	upstreamBin, err := upstream.Binaries(ctx, "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
 	if errors.Is(err, upstream.ErrNotBuilt) {
 		t.Skip(err)
 	}

@@ -187,8 +187,9 @@ func bringUp(ctx context.Context, opts Options, state *State) (lab *runningLab, 
 					"portmap":   "/usr/lib/cni/portmap",
 					"loopback":  "/usr/lib/cni/loopback",
 				},
-				Images: []kubenode.Image{pause, workload},
-				Log:    log,
+				Images:    []kubenode.Image{pause, workload},
+				KubeProxy: true,
+				Log:       log,
 			})
 			if err != nil {
 				return nil, err
