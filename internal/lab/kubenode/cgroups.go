@@ -1,7 +1,6 @@
 package kubenode
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -178,34 +177,25 @@ func rmdirRetry(dir string, deadline time.Time) error {
 	}
 }
 
-// cgroupHierarchies lists the mounted cgroup hierarchies from /proc/self/mountinfo.
+// cgroupHierarchies lists the mounted cgroup hierarchies.
 func cgroupHierarchies() ([]cgroupHierarchy, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := readMounts()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	var out []cgroupHierarchy
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		// "<id> <parent> <maj:min> <root> <mount point> <options> [optional...] - <fstype> <source> <super options>"
-		before, after, ok := strings.Cut(s.Text(), " - ")
-		if !ok {
+	for _, m := range mounts {
+		if m.root != "/" {
 			continue
 		}
-		fields, tail := strings.Fields(before), strings.Fields(after)
-		if len(fields) < 5 || len(tail) < 3 || fields[3] != "/" {
-			continue
-		}
-		switch tail[0] {
+		switch m.fstype {
 		case "cgroup":
-			out = append(out, cgroupHierarchy{mount: unescapeMountPath(fields[4]),
-				cpuset: slices.Contains(strings.Split(tail[2], ","), "cpuset")})
+			out = append(out, cgroupHierarchy{mount: m.point, cpuset: slices.Contains(m.superOpts, "cpuset")})
 		case "cgroup2":
-			out = append(out, cgroupHierarchy{mount: unescapeMountPath(fields[4]), v2: true})
+			out = append(out, cgroupHierarchy{mount: m.point, v2: true})
 		}
 	}
-	return out, s.Err()
+	return out, nil
 }
 
 // ownMemoryCgroup is this process's cgroup in the memory hierarchy (v1), or in the v2 tree.
@@ -228,23 +218,4 @@ func ownMemoryCgroup() (string, error) {
 		}
 	}
 	return v2, nil
-}
-
-// unescapeMountPath undoes mountinfo's octal escapes (\040 for a space, ...).
-func unescapeMountPath(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }

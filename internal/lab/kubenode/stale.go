@@ -1,7 +1,6 @@
 package kubenode
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -70,26 +69,19 @@ func CleanupStale(prefix string) error {
 // staleNamespaceFiles lists the mounted namespace files of nodes whose network namespace starts
 // with prefix.
 func staleNamespaceFiles(prefix string) ([]string, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := readMounts()
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
 	var out []string
-	s := bufio.NewScanner(f)
-	for s.Scan() {
-		before, after, ok := strings.Cut(s.Text(), " - ")
-		fields, tail := strings.Fields(before), strings.Fields(after)
-		if !ok || len(fields) < 5 || len(tail) < 1 || tail[0] != "nsfs" {
-			continue
-		}
-		path := unescapeMountPath(fields[4])
-		base := filepath.Base(path)
-		if strings.HasPrefix(base, prefix) && (strings.HasSuffix(base, mntSuffix) || strings.HasSuffix(base, utsSuffix)) {
-			out = append(out, path)
+	for _, m := range mounts {
+		base := filepath.Base(m.point)
+		if m.fstype == "nsfs" && strings.HasPrefix(base, prefix) &&
+			(strings.HasSuffix(base, mntSuffix) || strings.HasSuffix(base, utsSuffix)) {
+			out = append(out, m.point)
 		}
 	}
-	return out, s.Err()
+	return out, nil
 }
 
 // staleCgroups finds the node cgroups of the lab, wherever they were made: under the cgroup of
