@@ -99,7 +99,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 
-	w, err := newWatcher(clients, a.cfg.NodeName)
+	w, err := newWatcher(clients, a.cfg.NodeName, a.cfg.Policy)
 	if err != nil {
 		return err
 	}

@@ -26,7 +26,7 @@ import (
 type watcher struct {
 	nodeName string
 	core     informers.SharedInformerFactory
-	podsOnly informers.SharedInformerFactory
+	podsOnly informers.SharedInformerFactory // this node's pods only; nil when core watches all pods
 	dyn      dynamicinformer.DynamicSharedInformerFactory
 
 	nodes   corelisters.NodeLister
@@ -36,20 +36,27 @@ type watcher struct {
 	changed chan struct{}
 }
 
-func newWatcher(c *kube.Clients, nodeName string) (*watcher, error) {
+// newWatcher builds the informers. allPods: the agent needs every pod anyway (policy), so the
+// leak reconcile reads this node's pods from that same cluster-wide informer instead of opening
+// a second watch.
+func newWatcher(c *kube.Clients, nodeName string, allPods bool) (*watcher, error) {
 	const resync = 0 // periodic full re-reads are done by the loops themselves
 	w := &watcher{nodeName: nodeName, changed: make(chan struct{}, 1)}
 	w.core = informers.NewSharedInformerFactory(c.Kube, resync)
 	// Only this node's pods: the agent reconciles its own allocations, and watching every pod of
 	// a large cluster from every node would cost the API server for nothing.
-	w.podsOnly = informers.NewSharedInformerFactoryWithOptions(c.Kube, resync,
-		informers.WithTweakListOptions(func(o *metav1.ListOptions) {
-			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
-		}))
+	podFactory := w.core
+	if !allPods {
+		w.podsOnly = informers.NewSharedInformerFactoryWithOptions(c.Kube, resync,
+			informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+				o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", nodeName).String()
+			}))
+		podFactory = w.podsOnly
+	}
 	w.dyn = dynamicinformer.NewDynamicSharedInformerFactory(c.Dynamic, resync)
 
 	nodeInf := w.core.Core().V1().Nodes()
-	podInf := w.podsOnly.Core().V1().Pods()
+	podInf := podFactory.Core().V1().Pods()
 	blockInf := w.dyn.ForResource(v1alpha1.SchemeGroupVersion.WithResource("ipamblocks"))
 	w.nodes, w.pods, w.blocks = nodeInf.Lister(), podInf.Lister(), blockInf.Lister()
 
@@ -70,11 +77,15 @@ func newWatcher(c *kube.Clients, nodeName string) (*watcher, error) {
 
 func (w *watcher) run(ctx context.Context) error {
 	w.core.Start(ctx.Done())
-	w.podsOnly.Start(ctx.Done())
+	if w.podsOnly != nil {
+		w.podsOnly.Start(ctx.Done())
+	}
 	w.dyn.Start(ctx.Done())
 	<-ctx.Done()
 	w.core.Shutdown()
-	w.podsOnly.Shutdown()
+	if w.podsOnly != nil {
+		w.podsOnly.Shutdown()
+	}
 	w.dyn.Shutdown()
 	return ctx.Err()
 }
