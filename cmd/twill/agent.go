@@ -62,6 +62,8 @@ func agentCmd() *cobra.Command {
 	f.StringVar(&poolV6, "default-pool-ipv6", "", "IPv6 pool created when the cluster has no IPPool (empty: none), e.g. fd00:10:244::/56")
 	f.DurationVar(&cfg.ReconcileInterval, "reconcile-interval", cfg.ReconcileInterval, "how often leaked addresses and blocks of deleted nodes are reclaimed")
 	f.BoolVar(&cfg.Policy, "policy", cfg.Policy, "enforce NetworkPolicy and ClusterNetworkPolicy on this node's pods (nftables)")
+	f.StringVar(&cfg.PolicyEstablished, "policy-established", cfg.PolicyEstablished,
+		"what a policy change does to established connections it no longer allows: keep (they run on) or reset (conntrack entries of the affected pods are deleted, so their next packet is judged again)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

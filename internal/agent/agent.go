@@ -117,6 +117,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.policy, err = newPolicyEnforcer(clients, w.core, a.cfg.NodeName, nft, a.log); err != nil {
 			return err
 		}
+		if a.cfg.PolicyEstablished == EstablishedReset {
+			a.policy.resetter = newConntrackResetter(a.cfg.NodeName)
+		}
 		w.synced = append(w.synced, a.policy.synced...)
 		a.policy.seedAddresses(alloc.Allocations())
 		cniCfg.BeforeReady = a.policy.beforeReady

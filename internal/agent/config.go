@@ -37,6 +37,9 @@ type Config struct {
 	// Policy turns network policy enforcement on (NetworkPolicy, and ClusterNetworkPolicy
 	// when its CRD is installed); when on, ADD answers only once the pod's policy is in force.
 	Policy bool
+	// PolicyEstablished says what a policy change does to established connections it no
+	// longer allows: EstablishedKeep (they run on) or EstablishedReset (cut at once).
+	PolicyEstablished string
 }
 
 // DefaultConfig returns the settings a plain install uses.
@@ -49,6 +52,7 @@ func DefaultConfig() Config {
 		DefaultPoolV4:     netip.MustParsePrefix("10.244.0.0/16"),
 		ReconcileInterval: time.Minute,
 		Policy:            true,
+		PolicyEstablished: EstablishedKeep,
 	}
 }
 
@@ -61,6 +65,11 @@ func (c Config) validate() error {
 	}
 	if c.ReconcileInterval <= 0 {
 		return fmt.Errorf("reconcile interval must be positive, got %s", c.ReconcileInterval)
+	}
+	switch c.PolicyEstablished {
+	case EstablishedKeep, EstablishedReset:
+	default:
+		return fmt.Errorf("policy-established %q: want %q or %q", c.PolicyEstablished, EstablishedKeep, EstablishedReset)
 	}
 	return nil
 }

@@ -65,6 +65,9 @@ type policyEnforcer struct {
 	// applied finds its endpoint already in force (a group commit).
 	addSeq     atomic.Uint64
 	appliedSeq uint64 // guarded by applyMu
+	// resetter, when set (--policy-established=reset), cuts established connections a change
+	// may no longer allow; guarded by applyMu.
+	resetter *conntrackResetter
 }
 
 type cniAddrs struct {
@@ -297,6 +300,13 @@ func (p *policyEnforcer) applyThrough(ctx context.Context, seq uint64) error {
 	}
 	p.appliedSeq = through
 	p.applied.Store(true)
+	if p.resetter != nil {
+		if n, err := p.resetter.reset(&s); err != nil {
+			p.log.Warn("resetting established connections after a policy change failed", "err", err)
+		} else if n > 0 {
+			p.log.Info("reset established connections after a policy change", "entries", n)
+		}
+	}
 	return nil
 }
 
