@@ -16,12 +16,14 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/twill-net/twill/deploy/crds"
+	"github.com/twill-net/twill/deploy/rbac"
 	"github.com/twill-net/twill/internal/kube"
 	"github.com/twill-net/twill/internal/lab/controlplane"
 	"github.com/twill-net/twill/internal/lab/underlay"
@@ -76,7 +78,9 @@ type Cluster struct {
 	Net     *underlay.Network
 	CP      *controlplane.ControlPlane
 	Clients *kube.Clients
-	// Kubeconfig is the admin kubeconfig for processes inside the lab (agents, CLI via nsenter).
+	// Kubeconfig is the admin kubeconfig for processes inside the lab (the CLI via nsenter, a
+	// test's own checks). Agents do not use it: each runs on the twill-agent ServiceAccount
+	// (Node.AgentKubeconfig), with the rights a real install grants.
 	Kubeconfig string
 
 	mu    sync.Mutex
@@ -131,6 +135,9 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 	if err = crds.Install(ctx, c.Clients.APIExt); err != nil {
 		return c, fmt.Errorf("installing twill's CRDs: %w", err)
 	}
+	if err = rbac.Install(ctx, c.Clients.Kube); err != nil {
+		return c, fmt.Errorf("installing the agent's RBAC: %w", err)
+	}
 	c.Kubeconfig = filepath.Join(opts.Dir, "admin.kubeconfig")
 	if err = c.CP.WriteKubeconfig(c.Kubeconfig); err != nil {
 		return c, err
@@ -160,9 +167,13 @@ func (c *Cluster) AddNode(ctx context.Context, spec NodeSpec) (*Node, error) {
 		return nil, err
 	}
 	n := &Node{Node: un, cluster: c, Dir: dir,
-		Socket:     filepath.Join(dir, "cni.sock"),
-		StateDir:   filepath.Join(dir, "state"),
-		PendingDir: filepath.Join(dir, "pending-del"),
+		Socket:          filepath.Join(dir, "cni.sock"),
+		StateDir:        filepath.Join(dir, "state"),
+		PendingDir:      filepath.Join(dir, "pending-del"),
+		AgentKubeconfig: filepath.Join(dir, "agent.kubeconfig"),
+	}
+	if err := c.writeAgentKubeconfig(ctx, n.AgentKubeconfig); err != nil {
+		return nil, errors.Join(err, underlay.DeleteNetns(filepath.Base(n.Netns)))
 	}
 	if c.opts.NodeRuntime != nil {
 		if n.runtime, err = c.opts.NodeRuntime(ctx, c, n); err != nil {
@@ -179,6 +190,20 @@ func (c *Cluster) AddNode(ctx context.Context, spec NodeSpec) (*Node, error) {
 		return nil, err
 	}
 	return n, nil
+}
+
+// agentTokenValidity outlives any lab (a lab's certificates last a year too); an agent
+// restarted on its node reuses the kubeconfig.
+const agentTokenValidity = 365 * 24 * time.Hour
+
+// writeAgentKubeconfig writes a kubeconfig with a token of the agent's ServiceAccount, one per
+// node as each DaemonSet pod has its own.
+func (c *Cluster) writeAgentKubeconfig(ctx context.Context, path string) error {
+	token, err := rbac.Token(ctx, c.Clients.Kube, agentTokenValidity)
+	if err != nil {
+		return err
+	}
+	return c.CP.WriteKubeconfigWithToken(path, token)
 }
 
 func (c *Cluster) registerNode(ctx context.Context, n *Node) error {

@@ -21,6 +21,9 @@ type Node struct {
 	cluster *Cluster
 	// Dir holds the node's agent state, spool and log; Socket is its CNI socket.
 	Dir, Socket, StateDir, PendingDir string
+	// AgentKubeconfig is the agent's kubeconfig: a token of the twill-agent ServiceAccount,
+	// bound to the ClusterRole of deploy/rbac, never the admin's.
+	AgentKubeconfig string
 	// ExtraArgs are added to the cluster's AgentArgs for this node's agent.
 	ExtraArgs []string
 
@@ -39,7 +42,7 @@ func (n *Node) StartAgent() error {
 	}
 	args := []string{"agent",
 		"--node-name", n.Name,
-		"--kubeconfig", n.cluster.Kubeconfig,
+		"--kubeconfig", n.AgentKubeconfig,
 		"--cni-socket", n.Socket,
 		"--state-dir", n.StateDir,
 		"--pending-delete-dir", n.PendingDir,

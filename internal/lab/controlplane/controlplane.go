@@ -33,7 +33,9 @@ const (
 	EtcdClientPort = 2379
 	etcdPeerPort   = 2380
 
-	defaultAuthorizationMode = "AlwaysAllow"
+	// defaultAuthorizationMode is a real cluster's: kubelets are limited to their own node's
+	// objects, everyone else to what RBAC grants (system:masters, the admin, to everything).
+	defaultAuthorizationMode = "Node,RBAC"
 	defaultServiceCIDR       = "10.96.0.0/16"
 	defaultReadyTimeout      = 3 * time.Minute
 
@@ -56,8 +58,9 @@ type Config struct {
 	BinDir string
 	// Node is the lab node whose network namespace the control plane runs in.
 	Node *underlay.Node
-	// AuthorizationMode is the apiserver's --authorization-mode (default AlwaysAllow; the lab
-	// proper wants "Node,RBAC").
+	// AuthorizationMode is the apiserver's --authorization-mode (default "Node,RBAC", as on a
+	// real cluster, so a component short of a permission fails in the lab; "AlwaysAllow" turns
+	// authorization off).
 	AuthorizationMode string
 	// ServiceCIDR is the cluster's service range (default 10.96.0.0/16). Its first address, the
 	// kubernetes service, is in the apiserver's certificate.
@@ -226,6 +229,9 @@ func (cp *ControlPlane) start(ctx context.Context) error {
 		"--service-account-issuer=" + serviceAccountIssuer,
 		"--token-auth-file=" + cp.path("pki", "tokens.csv"),
 		"--authorization-mode=" + cp.cfg.AuthorizationMode,
+		// NodeRestriction completes the Node authorizer: a kubelet may change only its own Node
+		// and the pods bound to it, as kubeadm sets it up.
+		"--enable-admission-plugins=NodeRestriction",
 		"--service-cluster-ip-range=" + cp.cfg.ServiceCIDR,
 		"--requestheader-client-ca-file=" + cp.path("pki", "ca.crt"),
 		"--requestheader-allowed-names=" + frontProxyClient,

@@ -15,7 +15,9 @@ import (
 
 	authv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
@@ -129,6 +131,8 @@ func TestControlPlaneServesTheAPI(t *testing.T) {
 		t.Errorf("client-certificate kubeconfig authenticates as %+v, want system:node:w1 in system:nodes", got)
 	}
 
+	checkNodeAuthorization(t, kubelet, l.worker)
+
 	if err := cp.Stop(); err != nil {
 		t.Errorf("Stop: %v", err)
 	}
@@ -212,6 +216,37 @@ func waitFor(timeout time.Duration, check func() error) error {
 			return err
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkNodeAuthorization checks the default Node,RBAC with NodeRestriction, as a kubelet
+// meets it: with kubelet (system:node:w1) it may register and update its own Node, and neither
+// touch another Node (lab-node-1, made by the admin) nor read secrets.
+func checkNodeAuthorization(t *testing.T, kubeconfig string, node *underlay.Node) {
+	t.Helper()
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg = rest.CopyConfig(cfg)
+	cfg.Dial = node.DialContext
+	nodes := kubernetes.NewForConfigOrDie(cfg).CoreV1().Nodes()
+	ctx := t.Context()
+	if _, err := nodes.Create(ctx, &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "w1"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("the kubelet of w1 cannot register its Node: %v", err)
+	}
+	// A status patch, as the kubelet reports its node's addresses and conditions.
+	status := []byte(`{"status":{"addresses":[{"type":"InternalIP","address":"` + node.IP.String() + `"}]}}`)
+	if _, err := nodes.Patch(ctx, "w1", types.StrategicMergePatchType, status, metav1.PatchOptions{}, "status"); err != nil {
+		t.Errorf("the kubelet of w1 cannot update its Node's status: %v", err)
+	}
+	patch := []byte(`{"metadata":{"labels":{"lab":"x"}}}`)
+	if _, err := nodes.Patch(ctx, "lab-node-1", types.MergePatchType, patch, metav1.PatchOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the kubelet of w1 labelling another Node: want Forbidden, got %v", err)
+	}
+	secrets := kubernetes.NewForConfigOrDie(cfg).CoreV1().Secrets("kube-system")
+	if _, err := secrets.List(ctx, metav1.ListOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("the kubelet of w1 listing secrets: want Forbidden, got %v", err)
 	}
 }
 

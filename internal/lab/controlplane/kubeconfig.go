@@ -2,6 +2,7 @@ package controlplane
 
 import (
 	"fmt"
+	"net/netip"
 
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -18,13 +19,20 @@ func (cp *ControlPlane) WriteKubeconfig(path string) error {
 
 // WriteKubeconfigFor writes a kubeconfig that authenticates as user in groups with a client
 // certificate signed by the lab CA; for instance "system:node:NAME" in "system:nodes" for a
-// kubelet under the Node authorizer, or a twill agent's own identity under RBAC.
+// kubelet under the Node authorizer.
 func (cp *ControlPlane) WriteKubeconfigFor(path, user string, groups ...string) error {
 	certPEM, keyPEM, err := cp.ca.issueClient(user, groups)
 	if err != nil {
 		return err
 	}
 	return cp.writeKubeconfig(path, &clientcmdapi.AuthInfo{ClientCertificateData: certPEM, ClientKeyData: keyPEM})
+}
+
+// WriteKubeconfigWithToken writes a kubeconfig that authenticates with a bearer token, such as
+// a service account's from a TokenRequest (a twill agent's identity, as in its pod on a real
+// cluster).
+func (cp *ControlPlane) WriteKubeconfigWithToken(path, token string) error {
+	return cp.writeKubeconfig(path, &clientcmdapi.AuthInfo{Token: token})
 }
 
 func (cp *ControlPlane) writeKubeconfig(path string, auth *clientcmdapi.AuthInfo) error {
@@ -37,4 +45,9 @@ func (cp *ControlPlane) writeKubeconfig(path string, auth *clientcmdapi.AuthInfo
 		return fmt.Errorf("writing kubeconfig %s: %w", path, err)
 	}
 	return nil
+}
+
+// ServiceCIDR is the cluster's service address range.
+func (cp *ControlPlane) ServiceCIDR() netip.Prefix {
+	return netip.MustParsePrefix(cp.cfg.ServiceCIDR).Masked()
 }
