@@ -18,6 +18,8 @@ import (
 // for a new identity, one check per selector); a policy update recompiles that policy alone
 // and evaluates only selectors no other policy already uses. Only a change in the label keys
 // that selectors read (a policy selecting on a key no other uses) recomputes every identity.
+// State copies what the calculator keeps up to date (the address map, named ports, the rules
+// in evaluation order) rather than working it out again from every pod and policy.
 type Calculator struct {
 	mu sync.Mutex
 
@@ -33,6 +35,9 @@ type Calculator struct {
 	identities map[string]*identity
 	byID       map[datapath.Identity]*identity
 	nextID     datapath.Identity
+	addrs      addressIndex
+	// tiers caches the rules in evaluation order; nil when a policy changed since.
+	tiers *sortedTiers
 }
 
 type endpointState struct {
@@ -60,6 +65,7 @@ func NewCalculator() *Calculator {
 		identities:  map[string]*identity{},
 		byID:        map[datapath.Identity]*identity{},
 		nextID:      firstIdentity,
+		addrs:       newAddressIndex(),
 	}
 }
 
@@ -77,9 +83,12 @@ func (c *Calculator) UpsertEndpoint(e Endpoint) {
 			c.byNamespace[e.Namespace] = map[datapath.PodRef]*endpointState{}
 		}
 		c.byNamespace[e.Namespace][ref] = es
+	} else {
+		c.addrs.unclaim(es)
 	}
 	es.ep = e
 	c.assignIdentity(es)
+	c.addrs.claim(es)
 }
 
 // DeleteEndpoint removes a pod; deleting an unknown pod does nothing.
@@ -91,6 +100,7 @@ func (c *Calculator) DeleteEndpoint(namespace, name string) {
 	if !ok {
 		return
 	}
+	c.addrs.unclaim(es)
 	c.releaseIdentity(es)
 	delete(c.endpoints, ref)
 	delete(c.byNamespace[namespace], ref)
@@ -168,6 +178,7 @@ func (c *Calculator) DeleteClusterNetworkPolicy(name string) {
 // members and nothing is evaluated twice.
 func (c *Calculator) setPolicy(key policyKey, p *compiledPolicy) {
 	old := c.policies[key]
+	c.tiers = nil
 	keysChanged := false
 	if p != nil {
 		keysChanged = c.useSelectors(p.identitySets)

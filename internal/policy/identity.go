@@ -88,6 +88,7 @@ func (c *Calculator) assignIdentity(es *endpointState) {
 	id.endpoints++
 	c.releaseIdentity(es)
 	es.identity = id
+	c.addrs.refresh(es)
 }
 
 // releaseIdentity drops the endpoint's hold on its identity, deleting the identity (and its

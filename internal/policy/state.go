@@ -45,71 +45,85 @@ func (c *Calculator) State() datapath.PolicyState {
 	return s
 }
 
-// fillEndpoints writes the address map and named ports. Should two pods claim one address (a
-// pod deleted late), the first by namespace/name wins, so the result does not depend on order.
+// fillEndpoints copies the address map and named ports, which the calculator keeps up to
+// date as endpoints change (addressIndex).
 func (c *Calculator) fillEndpoints(s *datapath.PolicyState) {
-	s.Endpoints = make(map[netip.Addr]datapath.EndpointEntry, len(c.endpoints))
-	for ref, es := range c.endpoints {
-		for _, a := range es.ep.IPs {
-			if prev, taken := s.Endpoints[a]; taken && comparePodRefs(prev.Pod, ref) < 0 {
-				continue
-			}
-			s.Endpoints[a] = datapath.EndpointEntry{Pod: ref, Node: es.ep.Node, Identity: es.identity.id}
-		}
+	s.Endpoints = maps.Clone(c.addrs.entries)
+	if s.Endpoints == nil {
+		s.Endpoints = map[netip.Addr]datapath.EndpointEntry{}
 	}
-	for ref, es := range c.endpoints {
-		for _, p := range es.ep.Ports {
-			for _, a := range es.ep.IPs {
-				if s.Endpoints[a].Pod == ref {
-					s.NamedPorts[p.Name] = append(s.NamedPorts[p.Name], datapath.NamedPortEntry{Addr: a, Protocol: p.Protocol, Port: p.Port})
+	for name, l := range c.addrs.ports {
+		s.NamedPorts[name] = slices.Clone(l.sorted)
+	}
+}
+
+// sortedTiers is every policy's rules gathered into the tiers, in evaluation order. It
+// depends on the policies alone, so the calculator keeps it until a policy changes: a pod or
+// label change does not sort thousands of rules again.
+type sortedTiers struct {
+	rules     map[datapath.Direction]*datapath.DirectionPolicy
+	isolating map[datapath.Direction][]*compiledPolicy
+	withSets  []*compiledPolicy // the policies with CIDR or node sets
+}
+
+func (c *Calculator) sortedTiers() *sortedTiers {
+	if c.tiers != nil {
+		return c.tiers
+	}
+	t := &sortedTiers{rules: map[datapath.Direction]*datapath.DirectionPolicy{datapath.Ingress: {}, datapath.Egress: {}},
+		isolating: map[datapath.Direction][]*compiledPolicy{}}
+	for _, p := range c.policies {
+		if len(p.cidrSets) > 0 || len(p.nodeSets) > 0 {
+			t.withSets = append(t.withSets, p)
+		}
+		for _, dir := range []datapath.Direction{datapath.Ingress, datapath.Egress} {
+			dp := t.rules[dir]
+			switch p.tier {
+			case datapath.TierAdmin:
+				dp.Admin = append(dp.Admin, p.rules[dir]...)
+			case datapath.TierBaseline:
+				dp.Baseline = append(dp.Baseline, p.rules[dir]...)
+			case datapath.TierNetworkPolicy:
+				dp.NetworkPolicy = append(dp.NetworkPolicy, p.rules[dir]...)
+				if p.isolates[dir] {
+					dp.Isolation = append(dp.Isolation, datapath.IsolationEntry{Policy: p.ref, Subject: p.subject})
+					t.isolating[dir] = append(t.isolating[dir], p)
 				}
 			}
 		}
 	}
-	for name, entries := range s.NamedPorts {
-		slices.SortFunc(entries, func(a, b datapath.NamedPortEntry) int {
-			return cmp.Or(a.Addr.Compare(b.Addr), cmp.Compare(a.Protocol, b.Protocol), cmp.Compare(a.Port, b.Port))
-		})
-		s.NamedPorts[name] = slices.Compact(entries)
+	for _, dp := range t.rules {
+		slices.SortFunc(dp.Admin, compareRules)
+		slices.SortFunc(dp.NetworkPolicy, compareRules)
+		slices.SortFunc(dp.Baseline, compareRules)
+		slices.SortFunc(dp.Isolation, func(a, b datapath.IsolationEntry) int { return comparePolicyRefs(a.Policy, b.Policy) })
 	}
+	c.tiers = t
+	return t
 }
 
-// fillRules gathers every policy's rules and sets into the tiers, in evaluation order.
+// fillRules copies the tiers into the state with the sets they name.
 func (c *Calculator) fillRules(s *datapath.PolicyState) {
-	isolated := map[datapath.Direction]map[datapath.Identity]bool{datapath.Ingress: {}, datapath.Egress: {}}
-	for _, p := range c.policies {
+	t := c.sortedTiers()
+	for _, p := range t.withSets {
 		for name, set := range p.cidrSets {
 			s.CIDRSets[name] = datapath.CIDRSet{Source: set.Source, Prefixes: slices.Clone(set.Prefixes)}
 		}
 		for name, ns := range p.nodeSets {
 			s.CIDRSets[name] = c.nodeSet(ns)
 		}
-		for _, dir := range []datapath.Direction{datapath.Ingress, datapath.Egress} {
-			dp := s.Rules(dir)
-			rules := cloneRules(p.rules[dir])
-			switch p.tier {
-			case datapath.TierAdmin:
-				dp.Admin = append(dp.Admin, rules...)
-			case datapath.TierBaseline:
-				dp.Baseline = append(dp.Baseline, rules...)
-			case datapath.TierNetworkPolicy:
-				dp.NetworkPolicy = append(dp.NetworkPolicy, rules...)
-				if p.isolates[dir] {
-					dp.Isolation = append(dp.Isolation, datapath.IsolationEntry{Policy: p.ref, Subject: p.subject})
-					maps.Copy(isolated[dir], c.selectors[p.subject].members)
-				}
-			}
-		}
 	}
 	for dir, name := range map[datapath.Direction]datapath.SetName{datapath.Ingress: IsolatedIngressSet, datapath.Egress: IsolatedEgressSet} {
-		dp := s.Rules(dir)
+		dp, src := s.Rules(dir), t.rules[dir]
+		dp.Admin, dp.NetworkPolicy, dp.Baseline = cloneRules(src.Admin), cloneRules(src.NetworkPolicy), cloneRules(src.Baseline)
+		dp.Isolation = slices.Clone(src.Isolation)
 		dp.Isolated = name
+		isolated := map[datapath.Identity]bool{}
+		for _, p := range t.isolating[dir] {
+			maps.Copy(isolated, c.selectors[p.subject].members)
+		}
 		s.IdentitySets[name] = datapath.IdentitySet{Selector: "pods a NetworkPolicy isolates for " + string(dir),
-			Members: sortedIdentities(isolated[dir])}
-		slices.SortFunc(dp.Admin, compareRules)
-		slices.SortFunc(dp.NetworkPolicy, compareRules)
-		slices.SortFunc(dp.Baseline, compareRules)
-		slices.SortFunc(dp.Isolation, func(a, b datapath.IsolationEntry) int { return comparePolicyRefs(a.Policy, b.Policy) })
+			Members: sortedIdentities(isolated)}
 	}
 }
 

@@ -64,7 +64,11 @@
 //
 // Updates: the reconciler renders the whole table as a model, diffs it with the model last
 // applied and sends the difference in one transaction: elements added and deleted, chains
-// whose rules changed flushed and rewritten. The first apply of a process (and any after a
+// whose rules changed flushed and rewritten. Rendering keeps a cache from one apply to the
+// next (render_cache.go): each local pod's flattened NetworkPolicy elements, reused unless
+// the pod's identity, named ports or rules changed or a set its rules name gained or lost
+// members, and the hashed names of every rule's objects; so a pod or policy change flattens
+// only the pods it concerns. The first apply of a process (and any after a
 // failure) reads nothing back: it adds, deletes and re-creates the table in one transaction,
 // which the kernel applies atomically, so policy is never missing.
 //

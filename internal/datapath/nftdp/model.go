@@ -1,6 +1,7 @@
 package nftdp
 
 import (
+	"cmp"
 	"maps"
 	"slices"
 	"strings"
@@ -216,17 +217,34 @@ func (m *model) update(old *model, tx *knftables.Transaction) (ok bool) {
 			tx.Add(m.chains[name].object(name))
 		}
 	}
-	// 2. Elements that go or change value, before the chains they may point to go.
-	for _, name := range sortedKeys(m.sets) {
-		s, o := m.sets[name], old.sets[name]
+	// 2. Elements that go or change value, before the chains they may point to go. Only the
+	// elements that differ are sorted (for a stable transaction): a table holds tens of
+	// thousands, a change touches a few.
+	var gone, come []elementRef
+	for name, s := range m.sets {
+		o := old.sets[name]
 		if o == nil {
+			for k := range s.elems {
+				come = append(come, elementRef{name, k})
+			}
 			continue
 		}
-		for _, k := range sortedKeys(o.elems) {
-			if e, keep := s.elems[k]; !keep || e.value != o.elems[k].value {
-				tx.Delete(o.elementObject(name, o.elems[k]))
+		for k, oe := range o.elems {
+			if e, keep := s.elems[k]; !keep || e.value != oe.value {
+				gone = append(gone, elementRef{name, k})
 			}
 		}
+		for k, e := range s.elems {
+			if oe, had := o.elems[k]; !had || oe.value != e.value {
+				come = append(come, elementRef{name, k})
+			}
+		}
+	}
+	sortElementRefs(gone)
+	sortElementRefs(come)
+	for _, r := range gone {
+		o := old.sets[r.set]
+		tx.Delete(o.elementObject(r.set, o.elems[r.key]))
 	}
 	// 3. Chains whose rules changed.
 	for _, name := range sortedKeys(m.chains) {
@@ -242,16 +260,9 @@ func (m *model) update(old *model, tx *knftables.Transaction) (ok bool) {
 		}
 	}
 	// 4. Elements that come or change value.
-	for _, name := range sortedKeys(m.sets) {
-		s, o := m.sets[name], old.sets[name]
-		for _, k := range sortedKeys(s.elems) {
-			if o != nil {
-				if oe, had := o.elems[k]; had && oe.value == s.elems[k].value {
-					continue
-				}
-			}
-			tx.Add(s.elementObject(name, s.elems[k]))
-		}
+	for _, r := range come {
+		s := m.sets[r.set]
+		tx.Add(s.elementObject(r.set, s.elems[r.key]))
 	}
 	// 5. Objects that go, now that no rule or element refers to them: chains emptied first,
 	// as one removed chain may jump to another.
@@ -276,6 +287,15 @@ func (m *model) update(old *model, tx *knftables.Transaction) (ok bool) {
 		}
 	}
 	return true
+}
+
+// elementRef names one element of a set.
+type elementRef struct{ set, key string }
+
+func sortElementRefs(refs []elementRef) {
+	slices.SortFunc(refs, func(a, b elementRef) int {
+		return cmp.Or(strings.Compare(a.set, b.set), strings.Compare(a.key, b.key))
+	})
 }
 
 func sortedKeys[V any](m map[string]V) []string {

@@ -100,9 +100,11 @@ func subjectSet(n datapath.SetName, f family) string {
 func cidrSet(n datapath.SetName, f family) string { return "c" + f.suffix + "-" + safeName(string(n)) }
 func namedPortSet(port string, f family) string   { return "n" + f.suffix + "-" + safeName(port) }
 
-// Objects of one rule, named by a hash of its attribution ID (stable across runs).
-func allowChain(a datapath.Attribution) string       { return "allow-" + shortHash(a.ID()) }
-func ruleCounter(a datapath.Attribution) string      { return "r-" + shortHash(a.ID()) }
+// Objects of one rule, named by a hash of its attribution ID (stable across runs); the
+// render cache keeps them (ruleNames), as hashing every rule on every apply is not free.
+func allowChain(hash string) string  { return "allow-" + hash }
+func ruleCounter(hash string) string { return "r-" + hash }
+
 func defaultDenyCounter(d datapath.Direction) string { return "default-deny-" + string(d) }
 
 // namedRuleSet holds the (local pod . peer) pairs of an egress NetworkPolicy rule with a named

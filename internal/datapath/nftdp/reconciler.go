@@ -22,7 +22,9 @@ type Reconciler struct {
 	// applied is what the table holds since the last successful apply; nil until the first,
 	// and after a failure, so that the next apply rebuilds the table whole.
 	applied *model
-	stats   Stats
+	// cache keeps what renders work out, so an apply's work follows what changed.
+	cache *renderCache
+	stats Stats
 }
 
 // Stats counts applies by kind, for metrics and tests.
@@ -45,7 +47,7 @@ func New(nft knftables.Interface, nodeName string, log *slog.Logger) *Reconciler
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Reconciler{nft: nft, nodeName: nodeName, log: log}
+	return &Reconciler{nft: nft, nodeName: nodeName, log: log, cache: newRenderCache()}
 }
 
 // NewKernel returns a reconciler writing to the kernel of the calling thread's network
@@ -63,9 +65,9 @@ func NewKernel(nodeName string, log *slog.Logger) (*Reconciler, error) {
 // apply, also in one transaction. Should an update be refused (someone edited the table), the
 // table is rebuilt at once.
 func (r *Reconciler) ApplyPolicy(ctx context.Context, s *datapath.PolicyState) error {
-	want := render(s, r.nodeName)
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	want := render(s, r.nodeName, r.cache)
 	if r.applied != nil {
 		tx := r.nft.NewTransaction()
 		if want.update(r.applied, tx) {

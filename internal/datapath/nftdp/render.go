@@ -20,7 +20,9 @@ type builder struct {
 	// local holds this node's pod addresses and their identities, by family.
 	local map[family][]localPod
 	// namedPorts indexes the state's named ports by name and address.
-	namedPorts map[string]map[netip.Addr][]datapath.NamedPortEntry
+	namedPorts     map[string]map[netip.Addr][]datapath.NamedPortEntry
+	namedPortNames []string // sorted
+	cache          *renderCache
 }
 
 type localPod struct {
@@ -28,9 +30,15 @@ type localPod struct {
 	identity datapath.Identity
 }
 
-// render builds the table that enforces s on the pods of node nodeName.
-func render(s *datapath.PolicyState, nodeName string) *model {
-	b := &builder{s: s, nodeName: nodeName, m: newModel(),
+// render builds the table that enforces s on the pods of node nodeName. cache holds what
+// earlier renders worked out (nil: a cache for this render alone).
+func render(s *datapath.PolicyState, nodeName string, cache *renderCache) *model {
+	if cache == nil {
+		cache = newRenderCache()
+	}
+	cache.begin(s)
+	defer cache.end(s)
+	b := &builder{s: s, nodeName: nodeName, m: newModel(), cache: cache,
 		members:    make(map[datapath.SetName]map[datapath.Identity]bool, len(s.IdentitySets)),
 		local:      map[family][]localPod{},
 		namedPorts: map[string]map[netip.Addr][]datapath.NamedPortEntry{},
@@ -57,7 +65,9 @@ func render(s *datapath.PolicyState, nodeName string) *model {
 			byAddr[e.Addr] = append(byAddr[e.Addr], e)
 		}
 		b.namedPorts[name] = byAddr
+		b.namedPortNames = append(b.namedPortNames, name)
 	}
+	slices.Sort(b.namedPortNames)
 
 	b.m.counters[counterOwnNode] = datapath.CounterOwnNode
 	b.m.counters[counterInvalid] = datapath.CounterInvalid
@@ -143,9 +153,9 @@ func (b *builder) direction(d datapath.Direction, f family) {
 
 // counter registers the counter of a rule's verdicts.
 func (b *builder) counter(a datapath.Attribution) string {
-	name := ruleCounter(a)
-	b.m.counters[name] = a.ID()
-	return name
+	n := b.cache.ruleNames(a)
+	b.m.counters[n.counter] = n.id
+	return n.counter
 }
 
 // subjectSet renders the local pods whose identity is in the named set.

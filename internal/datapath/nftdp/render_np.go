@@ -3,6 +3,7 @@ package nftdp
 import (
 	"net/netip"
 	"slices"
+	"strings"
 
 	"github.com/twill-net/twill/internal/datapath"
 )
@@ -42,9 +43,10 @@ func (b *builder) networkPolicyTier(d datapath.Direction, f family, rules *datap
 
 	allow := make([]string, len(rules.NetworkPolicy))
 	for i, r := range rules.NetworkPolicy {
-		allow[i] = "goto " + allowChain(r.Attribution)
-		if b.m.chains[allowChain(r.Attribution)] == nil { // shared by both families
-			b.m.chain(allowChain(r.Attribution), r.ID()).rule("counter name", b.counter(r.Attribution), "return")
+		n := b.cache.ruleNames(r.Attribution)
+		allow[i] = "goto " + n.allow
+		if b.m.chains[n.allow] == nil { // shared by both families
+			b.m.chain(n.allow, n.id).rule("counter name", b.counter(r.Attribution), "return")
 		}
 		if d == datapath.Egress {
 			b.egressNamedPortRules(c, f, r)
@@ -53,38 +55,86 @@ func (b *builder) networkPolicyTier(d datapath.Direction, f family, rules *datap
 	c.rule(dropVerdict(defaultDenyCounter(d)))
 	b.m.counters[defaultDenyCounter(d)] = datapath.DefaultDenyCounter(d)
 
+	maps := map[string]*setModel{"idport": idPortMap, "id": idMap, "netport": netPortMap, "net": netMap}
 	isolated := b.members[rules.Isolated]
+	// Rule indexes by local identity: needed when the rules changed (to tell which pods' rules
+	// did), and otherwise made on the first pod whose elements must be computed.
+	var bySubject map[datapath.Identity][]int
+	if b.cache.rulesChanged[d] {
+		bySubject = b.rulesBySubject(rules.NetworkPolicy)
+	}
 	for _, p := range b.local[f] {
 		if !isolated[p.identity] {
 			continue
 		}
-		a := p.addr.String()
-		var fl flattened
-		for i, r := range rules.NetworkPolicy {
-			if b.members[r.Subject][p.identity] {
-				b.flatten(&fl, d, f, p.addr, r, i)
+		key := flatKey{d: d, f: f.suffix, addr: p.addr}
+		ports := b.namedPortsOf(p.addr)
+		pf := b.cache.podFlat(key, p.identity, ports, rules.NetworkPolicy, bySubject[p.identity])
+		if pf == nil {
+			if bySubject == nil {
+				bySubject = b.rulesBySubject(rules.NetworkPolicy)
 			}
+			pf = b.flattenPod(d, f, p, rules.NetworkPolicy, bySubject[p.identity], allow)
+			pf.ports = ports
+			b.cache.storeFlat(key, pf)
 		}
-		for _, k := range fl.idOrder {
-			idMap.add(allow[fl.idAny[k]], a, identityValue(k))
-		}
-		for _, k := range fl.idPortOrder {
-			for _, s := range partition(fl.idPort[k]) {
-				// The identity as a one-value range: nft 1.0.6 cannot delete an element of an
-				// interval concatenation whose mark is written as a single value.
-				id := identityValue(k.id)
-				idPortMap.add(allow[s.rank], a, id+"-"+id, protocolName(k.proto), formatPorts(s))
-			}
-		}
-		for _, s := range partition(fl.net) {
-			netMap.add(allow[s.rank], a, formatAddrs(s, f))
-		}
-		for _, proto := range fl.netPortOrder {
-			for _, r := range partition2(fl.netPort[proto]) {
-				netPortMap.add(allow[r.port.rank], a, formatAddrs(r.addr, f), protocolName(proto), formatPorts(r.port))
-			}
+		for _, e := range pf.elems {
+			maps[e.kind].elems[e.joined] = e.e
 		}
 	}
+}
+
+// rulesBySubject lists, for every identity, the indexes of the rules whose subject holds it,
+// in order: a pod's rules are found without testing every rule.
+func (b *builder) rulesBySubject(rules []datapath.Rule) map[datapath.Identity][]int {
+	out := map[datapath.Identity][]int{}
+	for i, r := range rules {
+		for id := range b.members[r.Subject] {
+			out[id] = append(out[id], i)
+		}
+	}
+	return out
+}
+
+// flattenPod works out the elements of one isolated local pod: what the rules at indexes
+// (those whose subject holds it) allow, each pointing to the allow verdict of the earliest.
+func (b *builder) flattenPod(d datapath.Direction, f family, p localPod, rules []datapath.Rule, indexes []int, allow []string) *podFlat {
+	pf := &podFlat{identity: p.identity}
+	a := p.addr.String()
+	add := func(kind, value string, key ...string) {
+		pf.elems = append(pf.elems, flatElement{kind: kind, joined: strings.Join(key, " . "), e: element{key: key, value: value}})
+	}
+	var fl flattened
+	for _, i := range indexes {
+		r := rules[i]
+		pf.rules = append(pf.rules, cloneRule(r))
+		for _, peer := range r.Peers {
+			pf.read = append(pf.read, peer.Identities, peer.CIDRs)
+		}
+		b.flatten(&fl, d, f, p.addr, r, i)
+	}
+	for _, k := range fl.idOrder {
+		add("id", allow[fl.idAny[k]], a, identityValue(k))
+	}
+	for _, k := range fl.idPortOrder {
+		for _, s := range partition(fl.idPort[k]) {
+			// The identity as a one-value range: nft 1.0.6 cannot delete an element of an
+			// interval concatenation whose mark is written as a single value.
+			id := identityValue(k.id)
+			add("idport", allow[s.rank], a, id+"-"+id, protocolName(k.proto), formatPorts(s))
+		}
+	}
+	for _, s := range partition(fl.net) {
+		add("net", allow[s.rank], a, formatAddrs(s, f))
+	}
+	for _, proto := range fl.netPortOrder {
+		for _, r := range partition2(fl.netPort[proto]) {
+			add("netport", allow[r.port.rank], a, formatAddrs(r.addr, f), protocolName(proto), formatPorts(r.port))
+		}
+	}
+	slices.Sort(pf.read)
+	pf.read = slices.Compact(pf.read)
+	return pf
 }
 
 // flattened collects what one local pod's rules allow, with the index of the rule (its
@@ -260,7 +310,7 @@ func (b *builder) egressNamedPortRules(c *chainModel, f family, r datapath.Rule)
 				proto = "meta l4proto " + protocolName(pm.Protocol)
 			}
 			c.rule(lookup, proto, f.addr, "daddr . meta l4proto . th dport @"+b.namedPortSet(pm.NamedPort, f),
-				"goto", allowChain(r.Attribution))
+				"goto", b.cache.ruleNames(r.Attribution).allow)
 		}
 	}
 }
