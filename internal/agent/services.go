@@ -1,0 +1,147 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+
+	"github.com/twill-net/twill/internal/datapath"
+	"github.com/twill-net/twill/internal/service"
+)
+
+const (
+	// serviceBatchWindow is how long the service loop waits after the first pending event
+	// before it applies: a rollout or a scale-up changes a slice several times within
+	// milliseconds, and one apply of the last state costs less than one apply per event,
+	// while a few milliseconds are nothing next to the time a pod takes to become ready.
+	serviceBatchWindow = 5 * time.Millisecond
+	// serviceRetryMin and serviceRetryMax bound the backoff after a failed apply.
+	serviceRetryMin = 500 * time.Millisecond
+	serviceRetryMax = 30 * time.Second
+)
+
+// errNoServiceDatapath is returned when service load balancing is on but nothing was given to
+// program it.
+var errNoServiceDatapath = errors.New("services are on (--services) but there is no service datapath")
+
+// serviceProxy feeds the service calculator from the API (every Service and EndpointSlice of
+// the cluster: any pod may reach any service) and keeps this node's datapath serving its
+// result: the agent's replacement for kube-proxy.
+type serviceProxy struct {
+	calc *service.Calculator
+	dp   datapath.ServiceReconciler
+	log  *slog.Logger
+
+	synced  []cache.InformerSynced
+	changed chan struct{}
+
+	// batch, retryMin and retryMax are the constants above; tests shorten or lengthen them.
+	batch              time.Duration
+	retryMin, retryMax time.Duration
+}
+
+// newServiceProxy registers its informers on the agent's shared factory (started by the
+// watcher) and hands every change to dp.
+func newServiceProxy(factory informers.SharedInformerFactory, nodeName string, dp datapath.ServiceReconciler, log *slog.Logger) (*serviceProxy, error) {
+	if dp == nil {
+		return nil, errNoServiceDatapath
+	}
+	s := &serviceProxy{
+		calc: service.NewCalculator(nodeName), dp: dp, log: log.With("part", "services"),
+		changed: make(chan struct{}, 1),
+		batch:   serviceBatchWindow, retryMin: serviceRetryMin, retryMax: serviceRetryMax,
+	}
+	handlers := []struct {
+		inf cache.SharedIndexInformer
+		h   cache.ResourceEventHandler
+	}{
+		{factory.Core().V1().Services().Informer(), handler(s.calc.UpsertService,
+			func(o *corev1.Service) { s.calc.DeleteService(o.Namespace, o.Name) })},
+		{factory.Discovery().V1().EndpointSlices().Informer(), handler(s.calc.UpsertEndpointSlice,
+			func(o *discoveryv1.EndpointSlice) { s.calc.DeleteEndpointSlice(o.Namespace, o.Name) })},
+	}
+	for _, x := range handlers {
+		reg, err := x.inf.AddEventHandler(withKick(x.h, s.kick))
+		if err != nil {
+			return nil, fmt.Errorf("watching services: %w", err)
+		}
+		// Synced once our handler, not only the informer's cache, has seen the initial list:
+		// the first apply is Full, and a Full missing a service would take it down for a moment.
+		s.synced = append(s.synced, reg.HasSynced)
+	}
+	return s, nil
+}
+
+func (s *serviceProxy) kick() {
+	select {
+	case s.changed <- struct{}{}:
+	default:
+	}
+}
+
+// run applies the calculator's changes until ctx is done. The first apply, once the caches
+// have synced, is Full: it replaces whatever an earlier agent left in the datapath. A failed
+// apply leaves the datapath in a state the calculator no longer knows, so the retry, after a
+// backoff, is Full too.
+func (s *serviceProxy) run(ctx context.Context) error {
+	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
+		return fmt.Errorf("service caches did not sync: %w", context.Cause(ctx))
+	}
+	backoff := s.retryMin
+	for {
+		if !s.calc.Pending() {
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-s.changed:
+			}
+			if err := sleepCtx(ctx, s.batch); err != nil {
+				return err
+			}
+		}
+		// The kick of an event already in this flush would only cause an empty flush.
+		select {
+		case <-s.changed:
+		default:
+		}
+		ch := s.calc.Flush()
+		if !ch.Full && len(ch.Set) == 0 && len(ch.Removed) == 0 {
+			continue // the touched services came back to what the datapath has
+		}
+		start := time.Now()
+		if err := s.dp.ApplyServices(ctx, ch); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			s.calc.RequestFull()
+			s.log.Error("applying services failed; retrying with a full apply", "err", err, "retryIn", backoff)
+			if err := sleepCtx(ctx, backoff); err != nil {
+				return err
+			}
+			backoff = min(2*backoff, s.retryMax)
+			continue
+		}
+		backoff = s.retryMin
+		s.log.Debug("services applied", "full", ch.Full, "set", len(ch.Set), "removed", len(ch.Removed),
+			"took", time.Since(start))
+	}
+}
+
+// sleepCtx waits d, or less when ctx ends first (then its error).
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

@@ -1,0 +1,139 @@
+package nftsvc
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"sync"
+
+	"sigs.k8s.io/knftables"
+
+	"github.com/twill-net/twill/internal/datapath"
+)
+
+// Reconciler keeps the services table serving the services it was given. It is safe for
+// concurrent use; applies are serialized.
+type Reconciler struct {
+	nft knftables.Interface
+	log *slog.Logger
+
+	mu sync.Mutex
+	// services are the objects of every service served (or to be served), by key.
+	services map[datapath.ServiceKey]*objects
+	// inSync says the table holds exactly services; false before the first apply and after
+	// a refused transaction, so that the next apply rebuilds the table whole.
+	inSync bool
+	stats  Stats
+}
+
+// Stats counts applies by kind, for metrics and tests.
+type Stats struct {
+	Updates   int // incremental transactions run
+	Rebuilds  int // whole-table transactions run
+	Unchanged int // applies that found nothing to change
+	Failures  int // transactions the kernel refused
+}
+
+var _ datapath.ServiceReconciler = (*Reconciler)(nil)
+
+// New returns a reconciler that writes through nft, which must be bound to TableFamily and
+// TableName (knftables.NewFake(TableFamily, TableName) in tests).
+func New(nft knftables.Interface, log *slog.Logger) *Reconciler {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Reconciler{nft: nft, log: log, services: map[datapath.ServiceKey]*objects{}}
+}
+
+// NewKernel returns a reconciler writing to the kernel of the calling thread's network
+// namespace through the nft binary.
+func NewKernel(log *slog.Logger) (*Reconciler, error) {
+	nft, err := knftables.New(TableFamily, TableName)
+	if err != nil {
+		return nil, fmt.Errorf("nftables: %w", err)
+	}
+	return New(nft, log), nil
+}
+
+// ApplyServices makes the table serve ch. A Full change, the first apply of a process and
+// any apply after a refused transaction replace the table whole in one transaction; other
+// changes send only the objects of the services they name. Should an update be refused
+// (someone edited the table), the table is rebuilt at once.
+func (r *Reconciler) ApplyServices(ctx context.Context, ch datapath.ServiceChanges) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+
+	if ch.Full {
+		r.services = make(map[datapath.ServiceKey]*objects, len(ch.Set))
+		for i := range ch.Set {
+			r.services[ch.Set[i].Key] = renderService(&ch.Set[i])
+		}
+		return r.rebuild(ctx)
+	}
+	rendered := make(map[datapath.ServiceKey]*objects, len(ch.Set))
+	for i := range ch.Set {
+		rendered[ch.Set[i].Key] = renderService(&ch.Set[i])
+	}
+	var changes []change
+	for _, k := range ch.Removed {
+		if _, set := rendered[k]; set {
+			continue // Set wins over Removed
+		}
+		if old, ok := r.services[k]; ok {
+			changes = append(changes, change{old: old})
+			delete(r.services, k)
+		}
+	}
+	for _, k := range slices.SortedFunc(maps.Keys(rendered), compareKeys) {
+		changes = append(changes, change{old: r.services[k], new: rendered[k]})
+		r.services[k] = rendered[k]
+	}
+	if !r.inSync {
+		return r.rebuild(ctx)
+	}
+	tx := r.nft.NewTransaction()
+	updateServices(tx, changes)
+	if tx.NumOperations() == 0 {
+		r.stats.Unchanged++
+		return nil
+	}
+	if err := r.nft.Run(ctx, tx); err != nil {
+		r.stats.Failures++
+		r.log.Warn("nftables services update refused; rebuilding the table", "table", TableName, "error", err)
+		return r.rebuild(ctx)
+	}
+	r.stats.Updates++
+	return nil
+}
+
+// rebuild replaces the table by the skeleton and every service in r.services.
+func (r *Reconciler) rebuild(ctx context.Context) error {
+	r.inSync = false
+	services := make([]*objects, 0, len(r.services))
+	for _, k := range slices.SortedFunc(maps.Keys(r.services), compareKeys) {
+		services = append(services, r.services[k])
+	}
+	tx := r.nft.NewTransaction()
+	rebuild(tx, skeleton(), services)
+	if err := r.nft.Run(ctx, tx); err != nil {
+		r.stats.Failures++
+		return fmt.Errorf("rebuild nftables table %s %s: %w", TableFamily, TableName, err)
+	}
+	r.stats.Rebuilds++
+	r.inSync = true
+	return nil
+}
+
+// Stats returns the counts of applies so far.
+func (r *Reconciler) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.stats
+}
+
+func compareKeys(a, b datapath.ServiceKey) int {
+	return cmp.Or(cmp.Compare(a.Namespace, b.Namespace), cmp.Compare(a.Name, b.Name))
+}
