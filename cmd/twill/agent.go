@@ -64,6 +64,8 @@ func agentCmd() *cobra.Command {
 	f.BoolVar(&cfg.Policy, "policy", cfg.Policy, "enforce NetworkPolicy and ClusterNetworkPolicy on this node's pods (nftables)")
 	f.StringVar(&cfg.PolicyEstablished, "policy-established", cfg.PolicyEstablished,
 		"what a policy change does to established connections it no longer allows: keep (they run on) or reset (conntrack entries of the affected pods are deleted, so their next packet is judged again)")
+	f.BoolVar(&cfg.Services, "services", cfg.Services, "serve Services on this node (ClusterIP, NodePort, external and load balancer IPs) in place of kube-proxy")
+	f.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, "serve Prometheus metrics on this host:port (path /metrics); empty: don't")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/twill-net/twill/internal/datapath"
 	"github.com/twill-net/twill/internal/kube"
+	"github.com/twill-net/twill/internal/metrics"
 	"github.com/twill-net/twill/internal/policy"
 	"github.com/twill-net/twill/internal/policy/snapshot"
 )
@@ -29,6 +30,7 @@ func policyCmd() *cobra.Command {
 		}
 		return snapshot.Load(cmd.Context(), c)
 	}
+	cmd.AddCommand(policyCountersCmd())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "explain SRC DST PORT/PROTO",
 		Short: "Say whether SRC may connect to DST (namespace/pod or IP) and which policies decide it",
@@ -124,4 +126,24 @@ func writeAudit(w io.Writer, r policy.AuditReport) {
 			fmt.Fprintf(w, "  %s %s: %s\n", f.Tier, f.Policy, f.Detail)
 		}
 	}
+}
+
+func policyCountersCmd() *cobra.Command {
+	var url string
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "counters",
+		Short: "Show what this node's agent counted: first packets allowed and dropped, by policy and rule",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			vs, err := metrics.ReadPolicyVerdicts(cmd.Context(), url)
+			if err != nil {
+				return err
+			}
+			return metrics.WriteVerdicts(cmd.OutOrStdout(), vs, all)
+		},
+	}
+	cmd.Flags().StringVar(&url, "metrics-url", "http://127.0.0.1:9962"+metrics.Path, "the agent's metrics (its --metrics-address)")
+	cmd.Flags().BoolVar(&all, "all", false, "list counters at zero too")
+	return cmd
 }

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -24,9 +25,11 @@ import (
 	"github.com/twill-net/twill/internal/cniserver"
 	"github.com/twill-net/twill/internal/datapath/netlinkdp"
 	"github.com/twill-net/twill/internal/datapath/nftdp"
+	"github.com/twill-net/twill/internal/datapath/nftsvc"
 	"github.com/twill-net/twill/internal/ipam"
 	"github.com/twill-net/twill/internal/ipam/kubestore"
 	"github.com/twill-net/twill/internal/kube"
+	"github.com/twill-net/twill/internal/metrics"
 	"github.com/twill-net/twill/internal/routing"
 )
 
@@ -109,6 +112,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		MTU:              podMTU,
 		Ready:            a.ready,
 	}
+	var collectors []prometheus.Collector
 	if a.cfg.Policy {
 		nft, err := nftdp.NewKernel(a.cfg.NodeName, a.log)
 		if err != nil {
@@ -120,11 +124,25 @@ func (a *Agent) Run(ctx context.Context) error {
 		if a.cfg.PolicyEstablished == EstablishedReset {
 			a.policy.resetter = newConntrackResetter(a.cfg.NodeName)
 		}
+		collectors = append(collectors, &metrics.PolicyVerdicts{Reader: nft, Actions: a.policy.ruleActions})
 		w.synced = append(w.synced, a.policy.synced...)
 		a.policy.seedAddresses(alloc.Allocations())
 		cniCfg.BeforeReady = a.policy.beforeReady
 	} else {
 		a.log.Warn("network policy enforcement is off: NetworkPolicies are not enforced on this node")
+	}
+	var services *serviceProxy
+	if a.cfg.Services {
+		dp := a.cfg.ServiceDatapath
+		if dp == nil {
+			if dp, err = nftsvc.NewKernel(a.log); err != nil {
+				return fmt.Errorf("service datapath (--services=false leaves services to kube-proxy): %w", err)
+			}
+		}
+		if services, err = newServiceProxy(w.core, a.cfg.NodeName, dp, a.log); err != nil {
+			return err
+		}
+		w.synced = append(w.synced, services.synced...)
 	}
 	var cniAlloc ipam.Allocator = alloc
 	if a.policy != nil {
@@ -133,6 +151,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	cni := cniserver.New(cniCfg, cniAlloc, a.log)
 
 	g, ctx := errgroup.WithContext(ctx)
+	if a.cfg.MetricsAddress != "" {
+		reg, err := metrics.NewRegistry(collectors...)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return metrics.Serve(ctx, a.cfg.MetricsAddress, reg, a.log) })
+	}
 	g.Go(func() error { return w.run(ctx) })
 	if !w.waitForSync(ctx) {
 		return fmt.Errorf("caches did not sync: %w", context.Cause(ctx))
@@ -143,6 +168,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	})
 	if a.policy != nil {
 		g.Go(func() error { return a.policy.run(ctx) })
+	}
+	if services != nil {
+		g.Go(func() error { return services.run(ctx) })
 	}
 	g.Go(func() error { return cni.Run(ctx) })
 	g.Go(func() error { return a.reconcileLoop(ctx, clients, w, alloc, cni, store) })

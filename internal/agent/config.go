@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/twill-net/twill/internal/cniproto"
+	"github.com/twill-net/twill/internal/datapath"
+	"github.com/twill-net/twill/internal/metrics"
 	"github.com/twill-net/twill/internal/routing"
 )
 
@@ -40,6 +42,14 @@ type Config struct {
 	// PolicyEstablished says what a policy change does to established connections it no
 	// longer allows: EstablishedKeep (they run on) or EstablishedReset (cut at once).
 	PolicyEstablished string
+	// MetricsAddress is where /metrics is served (host:port); empty: not served.
+	MetricsAddress string
+	// Services turns service load balancing on: this node serves ClusterIPs, NodePorts,
+	// external and load balancer IPs itself (kube-proxy's job) through ServiceDatapath.
+	Services bool
+	// ServiceDatapath programs the services when Services is on; nil: the nftables one
+	// (table inet twill-services) in the agent's network namespace.
+	ServiceDatapath datapath.ServiceReconciler
 }
 
 // DefaultConfig returns the settings a plain install uses.
@@ -53,6 +63,7 @@ func DefaultConfig() Config {
 		ReconcileInterval: time.Minute,
 		Policy:            true,
 		PolicyEstablished: EstablishedKeep,
+		MetricsAddress:    metrics.DefaultAddress,
 	}
 }
 

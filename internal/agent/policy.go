@@ -24,6 +24,7 @@ import (
 	"github.com/twill-net/twill/internal/datapath"
 	"github.com/twill-net/twill/internal/ipam"
 	"github.com/twill-net/twill/internal/kube"
+	"github.com/twill-net/twill/internal/metrics"
 	"github.com/twill-net/twill/internal/policy"
 )
 
@@ -68,6 +69,17 @@ type policyEnforcer struct {
 	// resetter, when set (--policy-established=reset), cuts established connections a change
 	// may no longer allow; guarded by applyMu.
 	resetter *conntrackResetter
+	// actions holds the action of every Admin and Baseline rule in force, for the verdict
+	// metrics (which know rules by Attribution ID only).
+	actions atomic.Pointer[map[string]datapath.Action]
+}
+
+// ruleActions returns the actions of the rules in force by Attribution ID.
+func (p *policyEnforcer) ruleActions() map[string]datapath.Action {
+	if m := p.actions.Load(); m != nil {
+		return *m
+	}
+	return nil
 }
 
 type cniAddrs struct {
@@ -300,6 +312,8 @@ func (p *policyEnforcer) applyThrough(ctx context.Context, seq uint64) error {
 	}
 	p.appliedSeq = through
 	p.applied.Store(true)
+	actions := metrics.RuleActions(&s)
+	p.actions.Store(&actions)
 	if p.resetter != nil {
 		if n, err := p.resetter.reset(&s); err != nil {
 			p.log.Warn("resetting established connections after a policy change failed", "err", err)

@@ -74,14 +74,16 @@ func TestClusterNetworkPolicyAdminDenyBeatsNetworkPolicy(t *testing.T) {
 }
 
 // installCNPCRD installs the ClusterNetworkPolicy CRD shipped by sigs.k8s.io/network-policy-api
-// (the module version twill builds against), unless the lab has it already.
+// (the module version twill builds against), unless the lab has it already. It is the
+// experimental channel's, a superset of the standard one: node peers are experimental in
+// v1alpha2, and twill enforces them.
 func installCNPCRD(t *testing.T, ctx context.Context, c *cluster.Cluster) {
 	t.Helper()
 	out, err := exec.CommandContext(ctx, "go", "list", "-m", "-f", "{{.Dir}}", "sigs.k8s.io/network-policy-api").Output()
 	if err != nil {
 		t.Fatalf("finding the network-policy-api module: %v", err)
 	}
-	data, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(out)), "config/crd/standard/policy.networking.k8s.io_clusternetworkpolicies.yaml"))
+	data, err := os.ReadFile(filepath.Join(strings.TrimSpace(string(out)), "config/crd/experimental/policy.networking.k8s.io_clusternetworkpolicies.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -58,10 +59,26 @@ func TestPolicyDefaultDenyAllowAndLabelChanges(t *testing.T) {
 		t.Errorf("twill policy explain before the label: want DENIED by default deny, got:\n%s", out)
 	}
 
+	// A's node counted the drops as default deny of ingress.
+	counters := func() string {
+		out, err := c.Node("n1").Command(ctx, twillBin, "policy", "counters").CombinedOutput()
+		if err != nil {
+			t.Fatalf("twill policy counters: %v\n%s", err, out)
+		}
+		t.Logf("twill policy counters on n1:\n%s", out)
+		return string(out)
+	}
+	if out := counters(); !hasCounterLine(out, "drop", "networkpolicy", "ingress", "default-deny") {
+		t.Errorf("twill policy counters on n1: want a non-zero default-deny ingress drop, got:\n%s", out)
+	}
+
 	setLabel(t, ctx, c, ns, "b", "role", "client")
 	waitReach(t, ctx, b, a, true, "B labelled role=client: B -> A")
 	if out := explain(); !strings.HasPrefix(out, "ALLOWED") || !strings.Contains(out, ns+"/allow-clients") {
 		t.Errorf("twill policy explain after the label: want ALLOWED by %s/allow-clients, got:\n%s", ns, out)
+	}
+	if out := counters(); !hasCounterLine(out, "allow", "networkpolicy", ns+"/allow-clients", "ingress", "0") {
+		t.Errorf("twill policy counters on n1: want a non-zero count of %s/allow-clients rule 0, got:\n%s", ns, out)
 	}
 
 	audit, err := c.Node("n1").Command(ctx, twillBin, "policy", "audit", "--kubeconfig", c.Kubeconfig).CombinedOutput()
@@ -329,4 +346,19 @@ func errOrConnected(err error) string {
 		return "connected"
 	}
 	return err.Error()
+}
+
+// hasCounterLine says whether a `twill policy counters` table has a row with a non-zero
+// packet count whose other columns include every one of fields.
+func hasCounterLine(table string, fields ...string) bool {
+	for _, line := range strings.Split(table, "\n") {
+		cols := strings.Fields(line)
+		if len(cols) < 3 || cols[1] == "0" || cols[1] == "PACKETS" {
+			continue
+		}
+		if !slices.ContainsFunc(fields, func(f string) bool { return !slices.Contains(cols, f) }) {
+			return true
+		}
+	}
+	return false
 }

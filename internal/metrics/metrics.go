@@ -1,0 +1,68 @@
+// Package metrics is the agent's Prometheus endpoint: what the datapath counted (policy
+// verdicts by policy and rule), served on /metrics for scrapers and for `twill policy
+// counters`. Collectors read the datapath when scraped, so nothing is counted twice and an
+// idle agent does no metrics work.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// DefaultAddress is where the agent serves metrics unless told otherwise (the port Cilium's
+// agent uses, so existing scrape configs find it).
+const DefaultAddress = ":9962"
+
+// Path is the HTTP path of the metrics.
+const Path = "/metrics"
+
+// NewRegistry returns a registry holding the Go runtime and process collectors and cs.
+func NewRegistry(cs ...prometheus.Collector) (*prometheus.Registry, error) {
+	reg := prometheus.NewRegistry()
+	all := append([]prometheus.Collector{
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	}, cs...)
+	for _, c := range all {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics collector: %w", err)
+		}
+	}
+	return reg, nil
+}
+
+// Serve serves reg on addr until ctx ends.
+func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+	mux := http.NewServeMux()
+	mux.Handle(Path, promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPrinter{log}}))
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("metrics: listen on %s: %w", addr, err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdown)
+	}()
+	log.Info("serving metrics", "address", l.Addr().String(), "path", Path)
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	return nil
+}
+
+// slogPrinter lets promhttp report collection errors through slog.
+type slogPrinter struct{ log *slog.Logger }
+
+func (p slogPrinter) Println(v ...any) { p.log.Warn("metrics collection", "error", fmt.Sprint(v...)) }
