@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -39,6 +41,47 @@ func benchCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&out, "out", "bench/out", "directory the reports are written to")
 	cmd.Flags().IntVar(&opts.Iterations, "iterations", 0, "rounds each measurement repeats (0: the suite's default)")
+	cmd.AddCommand(rrServerCmd(), rrClientCmd())
+	return cmd
+}
+
+// rrServerCmd and rrClientCmd are the datapath suite's request/response tool, which it runs
+// in the lab's namespaces; hidden: they are parts of a benchmark, not something to run alone.
+func rrServerCmd() *cobra.Command {
+	var listen string
+	cmd := &cobra.Command{
+		Use:    "rr-server",
+		Short:  "Answer 1-byte requests with 1-byte responses (the datapath suite's TCP_RR/CRR server)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE:   func(cmd *cobra.Command, _ []string) error { return bench.ServeRR(cmd.Context(), listen) },
+	}
+	cmd.Flags().StringVar(&listen, "listen", "", "address:port to listen on")
+	_ = cmd.MarkFlagRequired("listen")
+	return cmd
+}
+
+func rrClientCmd() *cobra.Command {
+	var target string
+	var duration time.Duration
+	var crr bool
+	cmd := &cobra.Command{
+		Use:    "rr-client",
+		Short:  "Measure TCP_RR (or TCP_CRR) against an rr-server and print the result as JSON",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			res, err := bench.RunRRClient(cmd.Context(), target, crr, duration)
+			if err != nil {
+				return err
+			}
+			return json.NewEncoder(cmd.OutOrStdout()).Encode(res)
+		},
+	}
+	cmd.Flags().StringVar(&target, "target", "", "address:port of the rr-server")
+	cmd.Flags().DurationVar(&duration, "duration", 5*time.Second, "how long to measure (0: one transaction)")
+	cmd.Flags().BoolVar(&crr, "connect-per-request", false, "a new connection per transaction (TCP_CRR)")
+	_ = cmd.MarkFlagRequired("target")
 	return cmd
 }
 

@@ -29,6 +29,9 @@ const AllSuites = "all"
 func Suites() []Suite {
 	return []Suite{
 		{Name: "cni", Short: "CNI ADD/DEL latency as a runtime sees it, one pod at a time and 50 at once, against bridge+host-local", Run: runCNISuite},
+		{Name: "datapath", Short: "pod-to-pod TCP throughput, request/response and connect-per-request rates (same node, native, VXLAN) against the veth and node limits and bridge+host-local", Run: runDatapathSuite},
+		{Name: "scale", Short: "twill lab up --nodes 10 with 100 pods: lab start, time to all pods Ready, RSS of kubelet, containerd, twill agent and control plane", Run: runScaleSuite},
+		{Name: "policy", Short: "policy change to enforcement in nftables (p50/p99) with 1,000 NetworkPolicies and 10,000 pod addresses; rule-set memory", Run: runPolicySuite},
 	}
 }
 
