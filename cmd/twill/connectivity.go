@@ -35,12 +35,15 @@ func connectivityTestCmd() *cobra.Command {
 the lab's when it is up, else ~/.kube/config): pod to pod on the same node and to each other
 node (TCP, UDP, HTTP; the server must see the client pod's own address), a UDP datagram filling
 the pod's MTU, unfragmented, node to pod, pod to node (hostNetwork pods), pod to a hostPort, pod to a
-ClusterIP Service (TCP, same node and across nodes; needs kube-proxy), and a closed port
-refused rather than dropped. Pods run the workload
+ClusterIP Service (TCP, same node and across nodes; needs kube-proxy), a NodePort Service at
+another node's address (TCP and UDP, from a pod and from a node), cluster DNS (the API's
+Service by its full name, the test's Service by its short name, and a connection to it by name;
+skipped when the cluster has no kube-dns Service), and a closed port refused rather than
+dropped. Pods run the workload
 image (` + connectivity.DefaultImage + `, imagePullPolicy Never) in the namespace
 ` + connectivity.DefaultNamespace + `, deleted at the end. Exits 1 when any scenario fails.
 
-Not yet in the catalogue: NodePort Services, DNS (CoreDNS in the lab), policy.`,
+Not yet in the catalogue: policy.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			out := cmd.OutOrStdout()

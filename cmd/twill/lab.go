@@ -24,7 +24,7 @@ import (
 )
 
 // labPrograms are the upstream programs the lab runs, and kubectl for its user.
-var labPrograms = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"}
+var labPrograms = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "coredns"}
 
 func labCmd() *cobra.Command {
 	cmd := &cobra.Command{
@@ -86,7 +86,8 @@ nodes share one subnet.`,
 			if err != nil {
 				return err
 			}
-			fmt.Fprintf(out, "\nthe lab is up: %d nodes, routing %s, in %s\n", len(st.Nodes)-1, st.Routing, time.Since(start).Round(time.Second))
+			fmt.Fprintf(out, "\nthe lab is up: %d nodes, routing %s, services by %s, in %s\n", len(st.Nodes)-1, st.Routing, st.Services, time.Since(start).Round(time.Second))
+			fmt.Fprintf(out, "cluster DNS: %s\n", st.DNS)
 			printUsage(out, st)
 			return nil
 		},
@@ -94,6 +95,7 @@ nodes share one subnet.`,
 	f := cmd.Flags()
 	f.IntVar(&o.Nodes, "nodes", 3, "number of nodes (besides the control plane)")
 	f.StringVar(&o.Routing, "routing", labctl.RoutingVXLAN, "routing between nodes: vxlan, native or auto")
+	f.StringVar(&o.Services, "services", labctl.ServicesTwill, "who serves Services: twill (the agents, no kube-proxy) or kube-proxy (upstream, nftables mode)")
 	f.StringVar(&o.Name, "name", labctl.DefaultName, "prefix of the lab's network namespaces, cgroups and sockets")
 	return cmd
 }
@@ -142,6 +144,7 @@ func labServeCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.IntVar(&o.Nodes, "nodes", 3, "number of nodes")
 	f.StringVar(&o.Routing, "routing", labctl.RoutingVXLAN, "vxlan, native or auto")
+	f.StringVar(&o.Services, "services", labctl.ServicesTwill, "twill or kube-proxy")
 	f.StringVar(&o.Name, "name", labctl.DefaultName, "prefix of the lab's namespaces")
 	f.StringVar(&o.UpstreamBin, "upstream-bin", "", "directory of the upstream programs")
 	f.StringVar(&o.TwillBin, "twill-bin", "", "the twill binary the agents run")
@@ -169,10 +172,13 @@ func labStatusCmd() *cobra.Command {
 			if pid == 0 {
 				fmt.Fprintf(out, "lab %s: %s, but its supervisor is not running (twill lab down cleans up)\n", st.Name, st.Phase)
 			} else {
-				fmt.Fprintf(out, "lab %s: %s (supervisor pid %d), routing %s, up in %s\n", st.Name, st.Phase, pid, st.Routing, st.Took)
+				fmt.Fprintf(out, "lab %s: %s (supervisor pid %d), routing %s, services by %s, up in %s\n", st.Name, st.Phase, pid, st.Routing, st.Services, st.Took)
 			}
 			if st.Error != "" {
 				fmt.Fprintf(out, "error: %s\nlog: %s\n", st.Error, p.Log())
+			}
+			if st.DNS != "" {
+				fmt.Fprintf(out, "cluster DNS: %s\n", st.DNS)
 			}
 			ready := nodeReadiness(cmd.Context(), st.Kubeconfig)
 			w := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)

@@ -12,11 +12,13 @@ import (
 	"github.com/twill-net/twill/internal/netcheck"
 )
 
-// Exit codes of `twill netcheck connect`, which `twill connectivity test` reads back from pods.
+// Exit codes of `twill netcheck connect` and `resolve`, which `twill connectivity test` reads
+// back from pods.
 const (
 	exitTimeout     = 2
 	exitRefused     = 3
 	exitUnreachable = 4
+	exitNotFound    = 5
 )
 
 // exitError makes main exit with code after printing err (unless quiet: the command already
@@ -35,7 +37,7 @@ func netcheckCmd() *cobra.Command {
 		Use:   "netcheck",
 		Short: "The built-in workload: an echo server and a prober (run in the lab's workload image)",
 	}
-	cmd.AddCommand(netcheckServeCmd(), netcheckConnectCmd())
+	cmd.AddCommand(netcheckServeCmd(), netcheckConnectCmd(), netcheckResolveCmd())
 	return cmd
 }
 
@@ -102,5 +104,42 @@ Exit codes tell the outcomes apart:
 	f.StringVar(&protocol, "protocol", netcheck.TCP, "tcp, udp or http")
 	f.DurationVar(&opts.Timeout, "timeout", 2*time.Second, "give up after this long")
 	f.BoolVar(&opts.FillMTU, "fill-mtu", false, "udp: send datagrams as large as the path MTU, never fragmented")
+	return cmd
+}
+
+func netcheckResolveCmd() *cobra.Command {
+	var opts netcheck.ResolveOptions
+	cmd := &cobra.Command{
+		Use:   "resolve NAME",
+		Short: "Look a name up as a pod does and print its addresses, one a line",
+		Long: fmt.Sprintf(`Look NAME up with Go's own resolver, reading /etc/resolv.conf (in a pod: the cluster DNS,
+the search list and ndots the kubelet wrote), and print its addresses, one a line, sorted.
+
+Exit codes tell the outcomes apart:
+  0  the name resolved
+  1  another error (bad arguments, a server failure)
+  %d  timeout: no DNS server answered in time
+  %d  not found: the DNS answered that the name does not exist`,
+			exitTimeout, exitNotFound),
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			addrs, err := netcheck.Resolve(cmd.Context(), args[0], opts)
+			switch {
+			case errors.Is(err, netcheck.ErrNotFound):
+				return &exitError{code: exitNotFound, err: err}
+			case errors.Is(err, netcheck.ErrTimeout):
+				return &exitError{code: exitTimeout, err: err}
+			case err != nil:
+				return err
+			}
+			for _, a := range addrs {
+				fmt.Fprintln(cmd.OutOrStdout(), a)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.DurationVar(&opts.Timeout, "timeout", 3*time.Second, "give up after this long")
+	f.StringVar(&opts.Server, "server", "", "ask this DNS server (IP:PORT) instead of those of /etc/resolv.conf")
 	return cmd
 }

@@ -97,7 +97,7 @@ func newRun(cfg Config, report func(Result)) *run {
 	if report == nil {
 		report = func(Result) {}
 	}
-	return &run{cfg: cfg, report: report, serviceWait: defaultServiceWait}
+	return &run{cfg: cfg, report: report, serviceWait: defaultServiceWait, services: map[string]*corev1.Service{}}
 }
 
 func (r *run) execute(ctx context.Context) ([]Result, error) {
@@ -127,6 +127,8 @@ type run struct {
 	servers, hosts []*corev1.Pod
 	// serviceWait is how long a new Service may take to work (tests shorten it).
 	serviceWait time.Duration
+	// services are the ClusterIP Services made so far, by the name of the server they front.
+	services map[string]*corev1.Service
 }
 
 func (r *run) schedulableNodes(ctx context.Context) ([]corev1.Node, error) {

@@ -18,10 +18,16 @@ import (
 )
 
 // fakeCluster is an API whose pods run at once on their node, with addresses: 10.244.<node>.<n>
-// for pods, 10.254.1.<node> for the nodes (and hostNetwork pods).
-func fakeCluster(t *testing.T, nodes int) *fake.Clientset {
+// for pods, 10.254.1.<node> for the nodes (and hostNetwork pods). It has the API's Service and,
+// with dns, a kube-dns Service.
+func fakeCluster(t *testing.T, nodes int, dns bool) *fake.Clientset {
 	t.Helper()
-	var objs []runtime.Object
+	objs := []runtime.Object{&corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kubernetes", Namespace: "default"},
+		Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.1"}}}
+	if dns {
+		objs = append(objs, &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: "kube-dns", Namespace: "kube-system"},
+			Spec: corev1.ServiceSpec{ClusterIP: "10.96.0.10"}})
+	}
 	for i := range nodes {
 		objs = append(objs, &corev1.Node{
 			ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("node%d", i+1)},
@@ -52,7 +58,12 @@ func fakeCluster(t *testing.T, nodes int) *fake.Clientset {
 		svc := action.(k8stesting.CreateAction).GetObject().(*corev1.Service)
 		mu.Lock()
 		services++
-		svc.Spec.ClusterIP = fmt.Sprintf("10.96.0.%d", services)
+		svc.Spec.ClusterIP = fmt.Sprintf("10.96.1.%d", services)
+		for i := range svc.Spec.Ports {
+			if svc.Spec.Type == corev1.ServiceTypeNodePort {
+				svc.Spec.Ports[i].NodePort = int32(30000 + 10*services + i)
+			}
+		}
 		mu.Unlock()
 		return false, svc, nil
 	})
@@ -67,10 +78,13 @@ type prober struct {
 	// kube names the pod that answers: the one with the address, or the one a Service with
 	// the address selects.
 	kube *fake.Clientset
+	// dns, when set, answers lookups in place of the fake cluster DNS (addresses, exit code).
+	dns func(name string) (string, int)
 }
 
-// server names the pod serving at host, as the network would deliver to it.
-func (p *prober) server(ctx context.Context, host string) string {
+// server names the pod serving at host:port, as the network would deliver to it: the pod with
+// the address, or the one a Service with the address, name or node port selects.
+func (p *prober) server(ctx context.Context, host, port string) string {
 	pods, _ := p.kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	for _, pod := range pods.Items {
 		if pod.Status.PodIP == host && !pod.Spec.HostNetwork {
@@ -79,17 +93,42 @@ func (p *prober) server(ctx context.Context, host string) string {
 	}
 	services, _ := p.kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	for _, svc := range services.Items {
-		if svc.Spec.ClusterIP == host {
+		if svc.Spec.ClusterIP == host || svc.Name == host {
 			return svc.Spec.Selector[serverLabel]
+		}
+		for _, sp := range svc.Spec.Ports {
+			if sp.NodePort != 0 && fmt.Sprint(sp.NodePort) == port {
+				return svc.Spec.Selector[serverLabel]
+			}
 		}
 	}
 	return "server"
 }
 
+// resolve answers a lookup as the cluster DNS would: Services by their full or short name.
+func (p *prober) resolve(ctx context.Context, name string) (string, int) {
+	services, _ := p.kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	for _, svc := range services.Items {
+		if name == svc.Name || name == svc.Name+"."+svc.Namespace+".svc.cluster.local" {
+			return svc.Spec.ClusterIP + "\n", 0
+		}
+	}
+	return "", exitNotFound
+}
+
 func (p *prober) exec(ctx context.Context, pod *corev1.Pod, argv []string) (string, string, int, error) {
+	if argv[2] == "resolve" {
+		p.calls = append(p.calls, pod.Name+" resolve "+argv[3])
+		if p.dns == nil {
+			out, code := p.resolve(ctx, argv[3])
+			return out, "", code, nil
+		}
+		out, code := p.dns(argv[3])
+		return out, "", code, nil
+	}
 	addr, proto := argv[3], argv[5]
 	p.calls = append(p.calls, pod.Name+" "+proto+" "+addr)
-	host, _, _ := net.SplitHostPort(addr)
+	host, port, _ := net.SplitHostPort(addr)
 	if host == "127.0.0.1" {
 		return "pod=" + pod.Name + " client=127.0.0.1:1\n", "", 0, nil
 	}
@@ -97,13 +136,17 @@ func (p *prober) exec(ctx context.Context, pod *corev1.Pod, argv []string) (stri
 	if code != 0 {
 		return "", "twill: failed", code, nil
 	}
-	return "pod=" + p.server(ctx, host) + " client=" + clientIP + ":40000\n", "", 0, nil
+	return "pod=" + p.server(ctx, host, port) + " client=" + clientIP + ":40000\n", "", 0, nil
 }
 
 func runFake(t *testing.T, nodes int, answer func(*corev1.Pod, string, string) (string, int)) ([]Result, *prober) {
 	t.Helper()
-	kube := fakeCluster(t, nodes)
-	p := &prober{answer: answer, kube: kube}
+	return runFakeWith(t, fakeCluster(t, nodes, true), &prober{answer: answer})
+}
+
+func runFakeWith(t *testing.T, kube *fake.Clientset, p *prober) ([]Result, *prober) {
+	t.Helper()
+	p.kube = kube
 	r := newRun(Config{Kube: kube, Timeout: time.Second}, nil)
 	r.exec = p.exec
 	r.serviceWait = 100 * time.Millisecond
@@ -129,7 +172,8 @@ func TestHealthyClusterPassesEveryScenario(t *testing.T) {
 	}
 	// Every node gets a server; the client reaches each of them on each protocol.
 	for _, want := range []string{"client tcp 10.244.1.", "client udp 10.244.2.", "client http 10.244.3.", "host-0 tcp 10.244.3.",
-		"client tcp 10.96.0.1:80", "client tcp 10.96.0.3:80"} {
+		"client tcp 10.96.1.1:80", "client tcp 10.96.1.3:80", "client tcp 10.254.1.3:300", "host-0 udp 10.254.1.3:300",
+		"client resolve kubernetes.default.svc.cluster.local", "client resolve server-2", "client tcp server-2:80"} {
 		if !slices.ContainsFunc(p.calls, func(c string) bool { return strings.HasPrefix(c, want) }) {
 			t.Errorf("no probe %q among %v", want, p.calls)
 		}
@@ -156,11 +200,13 @@ func TestEachKindOfBreakageFailsItsScenarios(t *testing.T) {
 			return ip, code
 		}, []string{"pod to pod, same node (tcp)", "pod to pod, to node2 (http)"}},
 		{"no Service implementation (no kube-proxy)", func(from *corev1.Pod, proto, addr string) (string, int) {
-			if strings.HasPrefix(addr, "10.96.") {
+			if strings.HasPrefix(addr, "10.96.") || strings.Contains(addr, ":300") || strings.HasPrefix(addr, "server-") {
 				return "", exitTimeout
 			}
 			return healthy(from, proto, addr)
-		}, []string{"pod to ClusterIP Service, same node (tcp)", "pod to ClusterIP Service, to node2 (tcp)"}},
+		}, []string{"pod to ClusterIP Service, same node (tcp)", "pod to ClusterIP Service, to node2 (tcp)",
+			"pod to NodePort of node2 (tcp)", "pod to NodePort of node2 (udp)", "node to NodePort of node2, from node1 (tcp)",
+			scenarioDNSConnectTo}},
 		{"Service traffic masqueraded", func(from *corev1.Pod, proto, addr string) (string, int) {
 			ip, code := healthy(from, proto, addr)
 			if strings.HasPrefix(addr, "10.96.") {
@@ -199,5 +245,42 @@ func TestSingleNodeSkipsAcrossNodes(t *testing.T) {
 	}
 	if !slices.ContainsFunc(results, func(r Result) bool { return r.Skipped && strings.Contains(r.Scenario, "across nodes") }) {
 		t.Errorf("across-node scenarios not reported as skipped: %+v", results)
+	}
+}
+
+func TestWithoutClusterDNSTheDNSScenariosAreSkipped(t *testing.T) {
+	results, p := runFakeWith(t, fakeCluster(t, 2, false), &prober{answer: healthy})
+	if Failed(results) != 0 {
+		t.Errorf("failures on a healthy cluster without DNS: %+v", results)
+	}
+	for _, name := range []string{scenarioDNSAPI, scenarioDNSService, scenarioDNSConnectTo} {
+		i := slices.IndexFunc(results, func(r Result) bool { return r.Scenario == name })
+		if i < 0 || !results[i].Skipped || results[i].OK || !strings.Contains(results[i].Detail, "kube-dns") {
+			t.Errorf("scenario %q without kube-dns: %+v, want skipped with the reason", name, results)
+		}
+	}
+	if slices.ContainsFunc(p.calls, func(c string) bool { return strings.Contains(c, "resolve") }) {
+		t.Errorf("lookups ran without a cluster DNS: %v", p.calls)
+	}
+}
+
+func TestBrokenDNSFailsTheDNSScenarios(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		dns  func(string) (string, int)
+	}{
+		{"times out", func(string) (string, int) { return "", exitTimeout }},
+		{"knows no name", func(string) (string, int) { return "", exitNotFound }},
+		{"answers a wrong address", func(string) (string, int) { return "10.96.9.9\n", 0 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			results, _ := runFakeWith(t, fakeCluster(t, 2, true), &prober{answer: healthy, dns: tc.dns})
+			for _, name := range []string{scenarioDNSAPI, scenarioDNSService} {
+				i := slices.IndexFunc(results, func(r Result) bool { return r.Scenario == name })
+				if i < 0 || results[i].OK || results[i].Skipped {
+					t.Errorf("scenario %q with a DNS that %s: %+v, want a failure", name, tc.name, results)
+				}
+			}
+		})
 	}
 }

@@ -18,10 +18,11 @@ const (
 	exitTimeout     = 2
 	exitRefused     = 3
 	exitUnreachable = 4
+	exitNotFound    = 5 // resolve only
 )
 
 // scenarios runs the catalogue. Scenarios that need what the cluster lacks (a second node,
-// cluster DNS) are listed by `twill connectivity test` as later work. ClusterIP Services need
+// cluster DNS) are reported as skipped, with the reason. ClusterIP and NodePort Services need
 // kube-proxy (or a replacement) on the nodes.
 func (r *run) scenarios(ctx context.Context) {
 	client := r.client
@@ -56,6 +57,8 @@ func (r *run) scenarios(ctx context.Context) {
 	if len(r.servers) == 1 {
 		r.add(Result{Scenario: "pod to pod, across nodes", Skipped: true, Detail: "a single schedulable node"})
 	}
+	r.nodePortScenarios(ctx)
+	r.dnsScenarios(ctx)
 	// A port nobody listens on is refused, not silently dropped: the path answers.
 	last := r.servers[len(r.servers)-1]
 	r.expectRefused(ctx, fmt.Sprintf("closed port refused, %s", last.Spec.NodeName), client, hostPortOf(last.Status.PodIP, podPort+10))
@@ -114,6 +117,8 @@ func (p probeResult) describe() string {
 		return "refused"
 	case exitUnreachable:
 		return "unreachable"
+	case exitNotFound:
+		return "name not found"
 	case -1:
 		return "exec failed: " + p.err.Error()
 	}

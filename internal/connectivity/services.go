@@ -57,6 +57,7 @@ func (r *run) expectClusterIP(ctx context.Context, scenario string, server *core
 		r.add(out)
 		return
 	}
+	r.services[server.Name] = svc
 	addr := hostPortOf(svc.Spec.ClusterIP, servicePort)
 	deadline := time.Now().Add(r.serviceWait)
 	var res probeResult

@@ -41,6 +41,11 @@ func sysctlBinds(dir string) ([]bind, error) {
 	return binds, nil
 }
 
+// ClusterDNS is the address of the lab's cluster DNS Service (kube-dns): the 10th address of the
+// control plane's default service range, as kubeadm places it. Pods with dnsPolicy ClusterFirst
+// get it as their nameserver.
+const ClusterDNS = "10.96.0.10"
+
 // kubeletConfig is the node's KubeletConfiguration.
 func (n *Node) kubeletConfig(caFile string) map[string]any {
 	return map[string]any{
@@ -71,6 +76,7 @@ func (n *Node) kubeletConfig(caFile string) map[string]any {
 		"imageGCLowThresholdPercent":  99,
 		"evictionHard":                map[string]string{"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
 		"clusterDomain":               "cluster.local",
+		"clusterDNS":                  []string{ClusterDNS},
 		"resolvConf":                  "/etc/resolv.conf",
 	}
 }

@@ -126,6 +126,9 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	if n.ns, err = createNamespaces(ctx, n.Dir, filepath.Base(cfg.Node.Netns), n.Name, binds); err != nil {
 		return n, err
 	}
+	if err := addServiceRoute(cfg.Node, cfg.ControlPlane.ServiceCIDR()); err != nil {
+		return n, err
+	}
 	if err := n.startContainerd(ctx); err != nil {
 		return n, err
 	}

@@ -56,7 +56,7 @@ func Up(ctx context.Context, o UpOptions) (State, error) {
 	}
 	defer logFile.Close()
 	cmd := exec.Command(o.Self, "lab", "serve",
-		"--name", o.Name, "--nodes", fmt.Sprint(o.Nodes), "--routing", o.Routing,
+		"--name", o.Name, "--nodes", fmt.Sprint(o.Nodes), "--routing", o.Routing, "--services", o.Services,
 		"--upstream-bin", o.UpstreamBin, "--twill-bin", o.TwillBin, "--cni-bin", o.CNIBin)
 	cmd.Env = append(os.Environ(), EnvDir+"="+p.Dir)
 	cmd.Stdout, cmd.Stderr = logFile, logFile

@@ -38,7 +38,7 @@ func TestLabUpConnectivityDown(t *testing.T) {
 		t.Skip("skipped: Debian's CNI plugins are not installed (hack/setup.sh)")
 	}
 	ctx := t.Context()
-	upstreamBin, err := upstream.Binaries(ctx, "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy")
+	upstreamBin, err := upstream.Binaries(ctx, "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "coredns")
 	if errors.Is(err, upstream.ErrNotBuilt) {
 		t.Skip(err)
 	}
@@ -64,7 +64,7 @@ func TestLabUpConnectivityDown(t *testing.T) {
 	opts := labctl.UpOptions{
 		Options: labctl.Options{Paths: p, Name: name, Nodes: 2, Routing: labctl.RoutingAuto,
 			UpstreamBin: upstreamBin, TwillBin: filepath.Join(bin, "twill"), CNIBin: bin},
-		Self: filepath.Join(bin, "twill"), Progress: testWriter{t}, Timeout: 5 * time.Minute,
+		Self: filepath.Join(bin, "twill"), Progress: testWriter{t}, Timeout: 8 * time.Minute,
 	}
 	start := time.Now()
 	st, err := labctl.Up(ctx, opts)
@@ -77,6 +77,9 @@ func TestLabUpConnectivityDown(t *testing.T) {
 	}
 	if len(st.Nodes) != 3 || st.Nodes[2].Subnet == st.Nodes[1].Subnet {
 		t.Errorf("nodes %+v: want cp, node1 and node2, node2 in another subnet", st.Nodes)
+	}
+	if !strings.HasPrefix(st.DNS, "answering") {
+		t.Errorf("cluster DNS after up: %q, want answering", st.DNS)
 	}
 
 	// `twill lab exec` runs in the node: its hostname is the node's.
@@ -102,6 +105,21 @@ func TestLabUpConnectivityDown(t *testing.T) {
 	}
 	if n := connectivity.Failed(results); n > 0 || len(results) < 10 {
 		t.Errorf("%d of %d scenarios failed", n, len(results))
+	}
+	// The lab has a cluster DNS and two nodes: no DNS or NodePort scenario may be skipped.
+	for _, want := range []string{"DNS: ", "NodePort"} {
+		n := 0
+		for _, r := range results {
+			if strings.Contains(r.Scenario, want) {
+				n++
+				if r.Skipped {
+					t.Errorf("%s skipped in the lab: %s", r.Scenario, r.Detail)
+				}
+			}
+		}
+		if n == 0 {
+			t.Errorf("no %q scenario ran", want)
+		}
 	}
 
 	// The test's API client still holds connections through the supervisor's proxy, as a

@@ -29,6 +29,15 @@ const (
 	RoutingAuto   = "auto"
 )
 
+// Who serves Services in the lab (`lab up --services`).
+const (
+	// ServicesTwill: the twill agents replace kube-proxy (no kube-proxy runs).
+	ServicesTwill = "twill"
+	// ServicesKubeProxy: the upstream kube-proxy (nftables mode) on every node, the
+	// comparison twill is measured against.
+	ServicesKubeProxy = "kube-proxy"
+)
+
 // Options describe the lab the supervisor runs.
 type Options struct {
 	Paths Paths
@@ -39,6 +48,8 @@ type Options struct {
 	// second underlay subnet, so that auto has both cases to handle: native routing within the
 	// first subnet, VXLAN across; with the other modes every node shares one subnet.
 	Routing string
+	// Services says who serves Services: ServicesTwill (default) or ServicesKubeProxy.
+	Services string
 	// UpstreamBin holds etcd, the Kubernetes programs and kubectl; TwillBin is the twill
 	// binary the agents run; CNIBin is a directory holding twill-cni.
 	UpstreamBin, TwillBin, CNIBin string
@@ -57,10 +68,26 @@ func (o *Options) validate() error {
 	default:
 		return fmt.Errorf("lab: routing %q: want vxlan, native or auto", o.Routing)
 	}
+	switch o.Services {
+	case "":
+		o.Services = ServicesTwill
+	case ServicesTwill, ServicesKubeProxy:
+	default:
+		return fmt.Errorf("lab: services %q: want %s or %s", o.Services, ServicesTwill, ServicesKubeProxy)
+	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}
 	return nil
+}
+
+// agentArgs are the flags of every agent of the lab.
+func (o *Options) agentArgs() []string {
+	args := []string{"--routing", o.Routing}
+	if o.Services == ServicesTwill {
+		args = append(args, "--services")
+	}
+	return args
 }
 
 // nodeSpecs names the nodes node1..nodeN and places them on the underlay (see Options.Routing).
@@ -89,7 +116,7 @@ func Serve(ctx context.Context, opts Options) error {
 	if err := p.writePid(); err != nil {
 		return err
 	}
-	state := State{Phase: PhaseStarting, Name: opts.Name, Routing: opts.Routing}
+	state := State{Phase: PhaseStarting, Name: opts.Name, Routing: opts.Routing, Services: opts.Services}
 	if err := p.writeState(state); err != nil {
 		return err
 	}
@@ -158,7 +185,7 @@ func bringUp(ctx context.Context, opts Options, state *State) (lab *runningLab, 
 		}
 	}()
 	// A context for the start only: ctx ending (down during up) aborts it.
-	log.Info("building images (pause, twill workload)")
+	log.Info("building images (pause, twill workload, CoreDNS)")
 	imageDir := filepath.Join(p.Dir, "images")
 	pause, err := kubenode.BuildPauseImage(ctx, imageDir)
 	if err != nil {
@@ -168,13 +195,18 @@ func bringUp(ctx context.Context, opts Options, state *State) (lab *runningLab, 
 	if err != nil {
 		return lab, err
 	}
+	images := []kubenode.Image{pause, workload}
+	dnsImage, dnsImageErr := BuildCoreDNSImage(imageDir, opts.UpstreamBin)
+	if dnsImageErr == nil {
+		images = append(images, dnsImage)
+	}
 	log.Info("starting the control plane and nodes", "nodes", opts.Nodes, "routing", opts.Routing)
 	var kubeNodes sync.Map // node name -> *kubenode.Node
 	lab.cluster, err = cluster.Start(ctx, cluster.Options{
 		Name: opts.Name, Dir: p.clusterDir(),
 		UpstreamBin: opts.UpstreamBin, TwillBin: opts.TwillBin, CNIBin: opts.CNIBin,
 		Nodes:       opts.nodeSpecs(),
-		AgentArgs:   []string{"--routing", opts.Routing},
+		AgentArgs:   opts.agentArgs(),
 		Controllers: true,
 		Log:         log,
 		NodeRuntime: func(ctx context.Context, c *cluster.Cluster, n *cluster.Node) (cluster.NodeRuntime, error) {
@@ -187,8 +219,8 @@ func bringUp(ctx context.Context, opts Options, state *State) (lab *runningLab, 
 					"portmap":   "/usr/lib/cni/portmap",
 					"loopback":  "/usr/lib/cni/loopback",
 				},
-				Images:    []kubenode.Image{pause, workload},
-				KubeProxy: true,
+				Images:    images,
+				KubeProxy: opts.Services == ServicesKubeProxy,
 				Log:       log,
 			})
 			if err != nil {
@@ -226,6 +258,7 @@ func bringUp(ctx context.Context, opts Options, state *State) (lab *runningLab, 
 		}
 		log.Info("node Ready", "node", n.Name)
 	}
+	state.DNS = startClusterDNS(ctx, lab.cluster, dnsImageErr, log)
 	return lab, nil
 }
 

@@ -47,12 +47,16 @@ type State struct {
 	Error   string `json:"error,omitempty"`
 	Name    string `json:"name"`
 	Routing string `json:"routing"`
+	// Services says who serves Services: twill or kube-proxy.
+	Services string `json:"services,omitempty"`
 	// Kubeconfig is usable from the machine (its server is the supervisor's proxy on
 	// 127.0.0.1); Kubectl is the pinned kubectl the lab was built with.
 	Kubeconfig string      `json:"kubeconfig,omitempty"`
 	Kubectl    string      `json:"kubectl,omitempty"`
 	Server     string      `json:"server,omitempty"`
 	Nodes      []NodeState `json:"nodes,omitempty"`
+	// DNS says how the cluster DNS came up: "answering at IP" or why it is not.
+	DNS string `json:"dns,omitempty"`
 	// Took is how long the lab took to come up.
 	Took string `json:"took,omitempty"`
 }

@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 )
 
@@ -81,17 +82,49 @@ func Built(names ...string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := checkPresent(dir, names); err != nil {
+	err = checkPresent(dir, names)
+	if err == nil && (len(names) == 0 || slices.Contains(names, "coredns")) {
+		err = checkCoreDNSStamp(root, dir)
+	}
+	if err != nil {
 		return "", fmt.Errorf("%w (set %s=<dir>, or unset %s to build them with %s): %w",
 			ErrNotBuilt, EnvBinDir, EnvSkipBuild, buildScript, err)
 	}
 	return dir, nil
 }
 
+// checkCoreDNSStamp says whether the coredns in dir was built from the current pin: the build
+// script keys CoreDNS apart from the rest (its stamp file, .coredns.key), so that moving the
+// CoreDNS pin rebuilds CoreDNS alone.
+func checkCoreDNSStamp(root, dir string) error {
+	want, err := pinKey(root, "tools/coredns/go.mod", "tools/coredns/go.sum", "tools/coredns/main.go")
+	if err != nil {
+		return err
+	}
+	got, err := os.ReadFile(filepath.Join(dir, ".coredns.key"))
+	if err != nil || strings.TrimSpace(string(got)) != want {
+		return fmt.Errorf("%s holds no coredns built from the current pin", dir)
+	}
+	return nil
+}
+
 // cacheDir mirrors the key computation of hack/build-upstream.sh.
 func cacheDir(root string) (string, error) {
+	key, err := pinKey(root, "tools/upstream/go.mod", "tools/upstream/go.sum", "tools/etcd/go.mod", "tools/etcd/go.sum")
+	if err != nil {
+		return "", err
+	}
+	cache := os.Getenv(EnvCache)
+	if cache == "" {
+		cache = "/var/cache/twill"
+	}
+	return filepath.Join(cache, "upstream", key, "bin"), nil
+}
+
+// pinKey is the build script's hash of the pin files and `go version`, cut to 12 hex digits.
+func pinKey(root string, files ...string) (string, error) {
 	h := sha256.New()
-	for _, f := range []string{"tools/upstream/go.mod", "tools/upstream/go.sum", "tools/etcd/go.mod", "tools/etcd/go.sum"} {
+	for _, f := range files {
 		b, err := os.ReadFile(filepath.Join(root, f))
 		if err != nil {
 			return "", fmt.Errorf("reading the upstream pins: %w", err)
@@ -103,16 +136,11 @@ func cacheDir(root string) (string, error) {
 		return "", fmt.Errorf("go version: %w", err)
 	}
 	h.Write(goVersion)
-	key := hex.EncodeToString(h.Sum(nil))[:12]
-	cache := os.Getenv(EnvCache)
-	if cache == "" {
-		cache = "/var/cache/twill"
-	}
-	return filepath.Join(cache, "upstream", key, "bin"), nil
+	return hex.EncodeToString(h.Sum(nil))[:12], nil
 }
 
 // knownPrograms are what the build script builds when given no name.
-var knownPrograms = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl"}
+var knownPrograms = []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kubectl", "coredns"}
 
 func checkPresent(dir string, names []string) error {
 	if len(names) == 0 {

@@ -63,3 +63,42 @@ func TestBuiltAgreesWithTheScript(t *testing.T) {
 		t.Errorf("the build script uses %s, Built computed %s", fromScript, dir)
 	}
 }
+
+// CoreDNS is keyed apart: a coredns built from another pin (its stamp differs) does not count
+// as built, one with the current stamp does.
+func TestCoreDNSCountsOnlyWhenBuiltFromThePin(t *testing.T) {
+	t.Setenv(EnvBinDir, "")
+	t.Setenv(EnvSkipBuild, "1")
+	t.Setenv(EnvCache, t.TempDir())
+	root, err := RepoRoot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := cacheDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "coredns"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	stamp := filepath.Join(dir, ".coredns.key")
+	if err := os.WriteFile(stamp, []byte("000000000000\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Built("coredns"); !errors.Is(err, ErrNotBuilt) {
+		t.Errorf("Built(coredns) with a stale stamp: %v, want ErrNotBuilt", err)
+	}
+	key, err := pinKey(root, "tools/coredns/go.mod", "tools/coredns/go.sum")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(stamp, []byte(key+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := Built("coredns"); err != nil || got != dir {
+		t.Errorf("Built(coredns) with the current stamp = %q, %v; want %q", got, err, dir)
+	}
+}
