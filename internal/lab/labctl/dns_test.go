@@ -59,7 +59,7 @@ func TestCoreDNSImageIsThePinnedVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	pinned := slices.ContainsFunc(strings.Split(string(mod), "\n"), func(line string) bool {
-		f := strings.Fields(line)
+		f := strings.Fields(strings.TrimPrefix(strings.TrimSpace(line), "require "))
 		return len(f) >= 2 && f[0] == "github.com/coredns/coredns" && f[1] == CoreDNSVersion
 	})
 	if !pinned {

@@ -97,7 +97,7 @@ func Built(names ...string) (string, error) {
 // script keys CoreDNS apart from the rest (its stamp file, .coredns.key), so that moving the
 // CoreDNS pin rebuilds CoreDNS alone.
 func checkCoreDNSStamp(root, dir string) error {
-	want, err := pinKey(root, "tools/coredns/go.mod", "tools/coredns/go.sum", "tools/coredns/main.go")
+	want, err := pinKey(root, coreDNSPinFiles...)
 	if err != nil {
 		return err
 	}
@@ -120,6 +120,10 @@ func cacheDir(root string) (string, error) {
 	}
 	return filepath.Join(cache, "upstream", key, "bin"), nil
 }
+
+// coreDNSPinFiles are what the build script hashes into CoreDNS's stamp: the module pin and the
+// main that picks the plugins.
+var coreDNSPinFiles = []string{"tools/coredns/go.mod", "tools/coredns/go.sum", "tools/coredns/main.go"}
 
 // pinKey is the build script's hash of the pin files and `go version`, cut to 12 hex digits.
 func pinKey(root string, files ...string) (string, error) {

@@ -91,7 +91,7 @@ func TestCoreDNSCountsOnlyWhenBuiltFromThePin(t *testing.T) {
 	if _, err := Built("coredns"); !errors.Is(err, ErrNotBuilt) {
 		t.Errorf("Built(coredns) with a stale stamp: %v, want ErrNotBuilt", err)
 	}
-	key, err := pinKey(root, "tools/coredns/go.mod", "tools/coredns/go.sum")
+	key, err := pinKey(root, coreDNSPinFiles...)
 	if err != nil {
 		t.Fatal(err)
 	}
