@@ -23,16 +23,15 @@ const (
 
 // ciCases are positions in cyclonus v0.5.6's GenerateAllTestCases (pinned in go.mod, so
 // stable), chosen to cover each kind of rule once: default deny egress, peers by pod and by
-// namespace label, ipBlock with except, a named UDP port, a pod relabelled twice, and stacked
-// ingress and egress policies (an upstream e2e case). The descriptions guard the positions.
+// namespace label, ipBlock with except, a named UDP port and a pod relabelled twice. Each costs
+// about a minute of probes on 2 cores, so CI keeps to these (a cold CI run must stay well under
+// 45 minutes); TWILL_CONFORMANCE=full runs every case. The descriptions guard the positions.
 var ciCases = map[int]string{
 	6:   "egress: deny all",
 	19:  "pods by label + ns by label",
 	21:  "ipblock with except",
-	29:  "pods by label + ns by label",
 	165: "direction,ingress,named-port,port,protocol,udp",
 	198: "Update pod so that policy applies, then again so it no longer applies",
-	228: "should support denying of egress traffic on the client side (even if the server explicitly allows this traffic)",
 }
 
 var (
