@@ -74,26 +74,10 @@ func TestPolicyChangeAndEstablishedConnections(t *testing.T) {
 	}
 }
 
-// serveLines accepts connections and echoes each line back until the client closes.
+// serveLines echoes each line back until the client closes.
 func serveLines(t *testing.T, ns *underlay.Node, addr string) {
 	t.Helper()
-	l, err := ns.Listen("tcp4", addr)
-	if err != nil {
-		t.Fatalf("listening on %s in %s: %v", addr, ns.Name, err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer conn.Close()
-				_, _ = io.Copy(conn, conn)
-			}()
-		}
-	}()
+	listenAndServe(t, ns, "tcp4", addr, func(conn net.Conn) { _, _ = io.Copy(conn, conn) })
 }
 
 func openStream(t *testing.T, ctx context.Context, from *underlay.Node, to netip.AddrPort) net.Conn {

@@ -135,6 +135,16 @@ func serveEcho(t *testing.T, ns *underlay.Node, ip netip.Addr) {
 
 func listenEcho(t *testing.T, ns *underlay.Node, network, addr string) {
 	t.Helper()
+	listenAndServe(t, ns, network, addr, func(conn net.Conn) {
+		_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+		_, _ = io.Copy(conn, io.LimitReader(conn, 64))
+	})
+}
+
+// listenAndServe accepts connections on addr in ns until the test ends, each served by handle
+// (which need not close it).
+func listenAndServe(t *testing.T, ns *underlay.Node, network, addr string, handle func(net.Conn)) {
+	t.Helper()
 	l, err := ns.Listen(network, addr)
 	if err != nil {
 		t.Fatalf("listening on %s in %s: %v", addr, ns.Name, err)
@@ -148,8 +158,7 @@ func listenEcho(t *testing.T, ns *underlay.Node, network, addr string) {
 			}
 			go func() {
 				defer conn.Close()
-				_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
-				_, _ = io.Copy(conn, io.LimitReader(conn, 64))
+				handle(conn)
 			}()
 		}
 	}()
