@@ -13,49 +13,55 @@
 //	nat-prerouting, nat-output   nat base chains (dstnat): jump services. Pods and the outside
 //	                             enter through prerouting, the node's own processes through
 //	                             output.
-//	services                     ip daddr . meta l4proto . th dport vmap @frontends4 (cluster,
-//	                             external and load balancer IPs), then, for a local
-//	                             destination address other than loopback (fib daddr type
-//	                             local), meta l4proto . th dport vmap @nodeports4; same for 6
-//	svc4-<port>                  cluster traffic of one service port: affinity lookups, then
-//	                             a random pick: numgen random mod N-i == 0 goto ep4-<port>-<i>
-//	                             for i < N-1, then goto the last endpoint's chain
-//	ext4-<port>                  external traffic (NodePort, external IPs): marked for
-//	                             masquerade, or with externalTrafficPolicy Local the node's own
-//	                             connections go to the cluster chain and the rest pick among
-//	                             the local endpoints, keeping the client's address
-//	ep4-<port>-<endpoint>        hairpin mark (client is the endpoint), affinity update, DNAT
+//	services                     first the chain path: ip daddr . meta l4proto . th dport vmap
+//	                             @frontends4, and for a local destination address other than
+//	                             loopback (fib daddr type local) meta l4proto . th dport vmap
+//	                             @nodeports4; then the flat path: one rule per membership set
+//	                             in use (cluster4-n2: frontends with 2 endpoints), which DNATs
+//	                             through the endpoint maps (see flat.go); same for 6
+//	svc4-<port>, ext4-<port>,    the chain path, for services with session affinity or
+//	ep4-<port>-<endpoint>        externalTrafficPolicy Local: per port a cluster chain and an
+//	                             external chain picking among endpoint chains (affinity
+//	                             lookups, then numgen random mod N-i == 0 goto ep...); the
+//	                             endpoint chain marks hairpin, updates affinity and DNATs
 //	filter-prerouting,           filter base chains at dstnat-10: jump no-endpoints, which
 //	filter-output                sends frontends in @no-endpoints4 / @no-endpoint-nodeports4 to
 //	                             reject-service: TCP reset, else ICMP port unreachable, so a
 //	                             client without endpoints fails at once instead of timing out
-//	nat-postrouting              (srcnat) jump masquerading: a packet with MasqueradeMark loses
-//	                             the bit and is masqueraded (fully random ports)
+//	nat-postrouting              (srcnat) jump masquerading: a hairpin connection of the flat
+//	                             path (ip saddr . ip daddr @hairpin4) or a packet with
+//	                             MasqueradeMark loses the bit and is masqueraded (fully random
+//	                             ports)
 //
-// Internal and external traffic policies choose which endpoints a chain picks from
-// (Backends or LocalBackends); a chain that would have none is not made and its frontends
-// go to the no-endpoints sets instead. Every object holding addresses exists once per family
-// (suffix 4 or 6); a dual-stack service has both.
+// Internal and external traffic policies choose which endpoints a frontend picks from
+// (Backends or LocalBackends); a frontend that would have none goes to the no-endpoints sets
+// instead. Every object holding addresses exists once per family (suffix 4 or 6); a
+// dual-stack service has both.
 //
 // # Cost
 //
-// The first packet of a connection costs one verdict-map lookup whatever the number of
-// services, then up to one numgen comparison per endpoint of the port (and, with affinity,
-// one set lookup per endpoint); later packets follow conntrack. The pick is not one numgen
-// lookup in a verdict map because every such map measured made the kernel's work quadratic
-// in the table (see pick). A change to a service sends only that service's elements and
-// chains: the reconciler keeps each service's rendered objects and sends their difference.
-// (The kernel still validates the whole table in every transaction that adds a jump or a
-// goto: a cost linear in the table, small beside nft's below.) A Full change
-// (and the first apply, and any after a refused transaction) deletes and re-creates the table
-// in one transaction, which the kernel applies atomically: no service is missing at any
-// moment. Connections already translated keep their conntrack entries across a rebuild; the
-// affinity sets start empty again.
+// The first packet of a connection costs one verdict-map lookup (the chain path), then one
+// set lookup per flat rule (one per kind of frontend and number of endpoints in use, not
+// per service) and one map lookup for the endpoint; later packets follow conntrack.
 //
-// Programming goes through the nft binary (knftables), and nft 1.0 loads every chain of the
-// table before it runs a transaction: at 10,000 services that is about 0.3 s of CPU for any
-// change, however small, and 2.5 s at 50,000 (measured on a busy machine); a Full of 10,000
-// is about 3.5 s of nft CPU. See BenchmarkAddOneService and BenchmarkFullResync.
+// A change to a service sends only that service's elements (and chains, on the chain path):
+// the reconciler keeps each service's rendered objects and sends their difference. On the
+// flat path that is elements only, which the kernel inserts at a cost that does not depend
+// on the table: the kernel checks the whole table for loops after any transaction adding a
+// jump, a goto or a verdict-map element, which with a chain per service grew to 45 ms a
+// change at 10,000 services. Measured here (BenchmarkAddOneService, BenchmarkFullResync,
+// loaded machine): adding one service to 10,000 or 50,000 takes 0.3-0.4 ms (p99 under
+// 1.1 ms); a Full of 10,000 about 1.2 s, of 50,000 about 10 s.
+//
+// A Full change (and the first apply, and any after a refused transaction) deletes and
+// re-creates the table in one transaction, which the kernel applies atomically: no service is
+// missing at any moment. Connections already translated keep their conntrack entries across
+// a rebuild; the affinity sets start empty again.
+//
+// Programming goes over netlink (google/nftables), one batch per transaction; nft 1.0, which
+// knftables runs, reads every chain of the table before any transaction (0.3 s at 10,000
+// services). knftables writes the same plan for the golden tests, and TestNetlinkMatchesNft
+// checks that the kernel holds the same table whichever wrote it.
 //
 // # Marks
 //

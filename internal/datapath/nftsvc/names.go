@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
 	"github.com/twill-net/twill/internal/datapath"
@@ -28,8 +29,6 @@ const (
 // The bit is cleared again before the packet leaves.
 const MasqueradeMark = 0x2000
 
-const tableComment = "twill services: rebuilt by the twill agent, do not edit"
-
 // Fixed chains.
 const (
 	chainNatPrerouting    = "nat-prerouting"
@@ -45,15 +44,17 @@ const (
 
 // family is the spelling of one IP family in rules and set types.
 type family struct {
-	suffix   string // "4" or "6", appended to object names
-	addr     string // payload keyword: ip or ip6
-	addrType string // set key type
-	loopback string // never a NodePort address
+	suffix      string // "4" or "6", appended to object names
+	addr        string // payload keyword: ip or ip6
+	addrType    string // set key type
+	nfproto     byte   // NFPROTO_IPV4 or NFPROTO_IPV6
+	saddrOffset uint32 // in the network header; the destination follows
+	addrLen     uint32
 }
 
 var (
-	ipv4     = family{suffix: "4", addr: "ip", addrType: "ipv4_addr", loopback: "127.0.0.0/8"}
-	ipv6     = family{suffix: "6", addr: "ip6", addrType: "ipv6_addr", loopback: "::1"}
+	ipv4     = family{suffix: "4", addr: "ip", addrType: "ipv4_addr", nfproto: unix.NFPROTO_IPV4, saddrOffset: 12, addrLen: 4}
+	ipv6     = family{suffix: "6", addr: "ip6", addrType: "ipv6_addr", nfproto: unix.NFPROTO_IPV6, saddrOffset: 8, addrLen: 16}
 	families = []family{ipv4, ipv6}
 )
 

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
 	"github.com/twill-net/twill/internal/datapath"
@@ -17,7 +18,7 @@ import (
 // Reconciler keeps the services table serving the services it was given. It is safe for
 // concurrent use; applies are serialized.
 type Reconciler struct {
-	nft knftables.Interface
+	w   writer
 	log *slog.Logger
 
 	mu sync.Mutex
@@ -26,6 +27,7 @@ type Reconciler struct {
 	// inSync says the table holds exactly services; false before the first apply and after
 	// a refused transaction, so that the next apply rebuilds the table whole.
 	inSync bool
+	flat   flatState
 	stats  Stats
 }
 
@@ -40,22 +42,28 @@ type Stats struct {
 var _ datapath.ServiceReconciler = (*Reconciler)(nil)
 
 // New returns a reconciler that writes through nft, which must be bound to TableFamily and
-// TableName (knftables.NewFake(TableFamily, TableName) in tests).
+// TableName (knftables.NewFake(TableFamily, TableName) in tests). The agent uses NewKernel.
 func New(nft knftables.Interface, log *slog.Logger) *Reconciler {
+	return newReconciler(knftWriter{nft: nft}, log)
+}
+
+// NewKernel returns a reconciler writing over netlink to the kernel of the network namespace
+// the calling thread is in when NewKernel is called.
+func NewKernel(log *slog.Logger) (*Reconciler, error) {
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening the network namespace: %w", err)
+	}
+	// The descriptor stays open for the reconciler's life: every transaction opens its
+	// socket in that namespace, whichever thread runs it.
+	return newReconciler(newNetlinkWriter(fd), log), nil
+}
+
+func newReconciler(w writer, log *slog.Logger) *Reconciler {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Reconciler{nft: nft, log: log, services: map[datapath.ServiceKey]*objects{}}
-}
-
-// NewKernel returns a reconciler writing to the kernel of the calling thread's network
-// namespace through the nft binary.
-func NewKernel(log *slog.Logger) (*Reconciler, error) {
-	nft, err := knftables.New(TableFamily, TableName)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
-	}
-	return New(nft, log), nil
+	return &Reconciler{w: w, log: log, services: map[datapath.ServiceKey]*objects{}, flat: newFlatState()}
 }
 
 // ApplyServices makes the table serve ch. A Full change, the first apply of a process and
@@ -94,13 +102,13 @@ func (r *Reconciler) ApplyServices(ctx context.Context, ch datapath.ServiceChang
 	if !r.inSync {
 		return r.rebuild(ctx)
 	}
-	tx := r.nft.NewTransaction()
-	updateServices(tx, changes)
-	if tx.NumOperations() == 0 {
+	before, after := r.flat.update(changes)
+	ops := append(append(before, updateServices(changes)...), after...)
+	if len(ops) == 0 {
 		r.stats.Unchanged++
 		return nil
 	}
-	if err := r.nft.Run(ctx, tx); err != nil {
+	if err := r.w.write(ctx, ops); err != nil {
 		r.stats.Failures++
 		r.log.Warn("nftables services update refused; rebuilding the table", "table", TableName, "error", err)
 		return r.rebuild(ctx)
@@ -116,9 +124,8 @@ func (r *Reconciler) rebuild(ctx context.Context) error {
 	for _, k := range slices.SortedFunc(maps.Keys(r.services), compareKeys) {
 		services = append(services, r.services[k])
 	}
-	tx := r.nft.NewTransaction()
-	rebuild(tx, skeleton(), services)
-	if err := r.nft.Run(ctx, tx); err != nil {
+	flat, hairpins := r.flat.reset(services)
+	if err := r.w.write(ctx, rebuild(skeleton(), services, flat, hairpins)); err != nil {
 		r.stats.Failures++
 		return fmt.Errorf("rebuild nftables table %s %s: %w", TableFamily, TableName, err)
 	}

@@ -9,8 +9,6 @@ import (
 	"github.com/twill-net/twill/internal/datapath"
 )
 
-var markBit = fmt.Sprintf("0x%x", MasqueradeMark)
-
 // skeleton is what the table holds with no service: the hooks, the dispatch through the
 // global maps, rejection of frontends without endpoints, and masquerading.
 func skeleton() *objects {
@@ -21,10 +19,10 @@ func skeleton() *objects {
 		if typ == knftables.FilterType {
 			// Only new connections are refused: one that was translated before its service
 			// lost its endpoints still carries the frontend address here (before DNAT).
-			c.rule("ct state new jump", jump)
+			c.add(newRule().ctStateNew().jump(jump))
 			return
 		}
-		c.rule("jump", jump)
+		c.add(newRule().jump(jump))
 	}
 	// Frontends are translated where a connection's first packet enters: prerouting for pods
 	// and the outside, output for the node's own processes.
@@ -40,24 +38,27 @@ func skeleton() *objects {
 	svc := o.chain(chainServices, "")
 	check := o.chain(chainRejectCheck, "")
 	for _, f := range families {
-		svc.rule(f.addr, "daddr . meta l4proto . th dport vmap", "@"+frontendMap(f))
-		check.rule(f.addr, "daddr . meta l4proto . th dport", "@"+noEndpointSet(f), "goto", chainReject)
+		svc.add(newRule().frontendKey(f).vmap(frontendMap(f)))
+		check.add(newRule().frontendKey(f).inSet(noEndpointSet(f)).goTo(chainReject))
 	}
 	// NodePorts answer on every local address but loopback, whatever the interface.
 	for _, f := range families {
-		svc.rule("fib daddr type local", f.addr, "daddr !=", f.loopback, "meta l4proto . th dport vmap", "@"+nodePortMap(f))
-		check.rule("fib daddr type local", f.addr, "daddr !=", f.loopback, "meta l4proto . th dport", "@"+noEndpointNodePortSet(f), "goto", chainReject)
+		svc.add(newRule().fibLocal("daddr").notLoopback(f).protoPortKey().vmap(nodePortMap(f)))
+		check.add(newRule().fibLocal("daddr").notLoopback(f).protoPortKey().inSet(noEndpointNodePortSet(f)).goTo(chainReject))
 	}
 	rej := o.chain(chainReject, "")
-	rej.rule("meta l4proto tcp reject with tcp reset")
-	rej.rule("reject") // ICMP (or ICMPv6) port unreachable
+	rej.add(newRule().l4proto("tcp").rejectTCPReset())
+	rej.add(newRule().rejectPort())
 
 	// The mark is cleared so that it does not follow the packet anywhere else (an
 	// encapsulation, another namespace).
 	masq := o.chain(chainMasquerade, "")
-	masq.rule("meta mark &", markBit, "== 0 return")
-	masq.rule("meta mark set meta mark ^", markBit)
-	masq.rule("masquerade fully-random")
+	for _, f := range families { // hairpin on the flat path
+		masq.add(newRule().addrPairIn(f, hairpinSet(f)).markOr(MasqueradeMark))
+	}
+	masq.add(newRule().markClear(MasqueradeMark).ret())
+	masq.add(newRule().markXor(MasqueradeMark))
+	masq.add(newRule().masqueradeFullyRandom())
 	return o
 }
 
@@ -115,9 +116,16 @@ func (r *renderer) port(s *datapath.Service, p *datapath.ServicePort, f family, 
 	}
 	all, local := backendsOfFamily(p.Backends, f), backendsOfFamily(p.LocalBackends, f)
 
-	internal := all
+	internal, external := all, all
 	if s.InternalLocal {
 		internal = local
+	}
+	if s.ExternalLocal {
+		external = local
+	}
+	if s.AffinityTimeout == 0 && !s.ExternalLocal {
+		r.flat(s, p, f, clusterIPs, externalIPs, internal, external)
+		return
 	}
 	svc := clusterChain(f, id)
 	if len(internal) > 0 {
@@ -131,10 +139,6 @@ func (r *renderer) port(s *datapath.Service, p *datapath.ServicePort, f family, 
 	if !hasExternal {
 		return
 	}
-	external := all
-	if s.ExternalLocal {
-		external = local
-	}
 	ext := externalChain(f, id)
 	if len(external) > 0 {
 		c := o.chain(ext, desc+" external")
@@ -142,11 +146,11 @@ func (r *renderer) port(s *datapath.Service, p *datapath.ServicePort, f family, 
 			// The node's own connections have no source to preserve and would find no
 			// local endpoint on other nodes: they take the cluster path, masqueraded.
 			if len(internal) > 0 {
-				c.rule("fib saddr type local meta mark set meta mark |", markBit, "goto", svc)
+				c.add(newRule().fibLocal("saddr").markOr(MasqueradeMark).goTo(svc))
 			}
 		} else {
 			// Masqueraded so that replies come back through this node, which undoes the DNAT.
-			c.rule("meta mark set meta mark |", markBit)
+			c.add(newRule().markOr(MasqueradeMark))
 		}
 		r.pick(c, s, f, id, proto, external)
 	}
@@ -193,20 +197,20 @@ func (r *renderer) pick(c *chain, s *datapath.Service, f family, id, proto strin
 		chains[i] = endpointChain(f, id, b)
 		endpoint(r.o, s, f, chains[i], proto, b)
 		if s.AffinityTimeout > 0 {
-			c.rule(f.addr, "saddr", "@"+affinitySet(chains[i], s.AffinityTimeout), "goto", chains[i])
+			c.add(newRule().saddrIn(f, affinitySet(chains[i], s.AffinityTimeout)).goTo(chains[i]))
 		}
 	}
 	if len(chains) == 1 {
-		c.rule("goto", chains[0])
+		c.add(newRule().goTo(chains[0]))
 		return
 	}
 	// Endpoint i of n is taken with probability 1/(n-i) once the ones before it were not:
 	// 1/n each. (numgen draws anew in every rule.)
 	n := len(chains)
 	for i, ch := range chains[:n-1] {
-		c.rule(fmt.Sprintf("numgen random mod %d == 0 goto %s", n-i, ch))
+		c.add(newRule().numgenZero(n - i).goTo(ch))
 	}
-	c.rule("goto", chains[n-1])
+	c.add(newRule().goTo(chains[n-1]))
 }
 
 // endpoint adds the chain that sends a connection to b: marked for masquerade when the client
@@ -217,12 +221,11 @@ func endpoint(o *objects, s *datapath.Service, f family, name, proto string, b d
 		return
 	}
 	c := o.chain(name, "")
-	c.rule(f.addr, "saddr", b.Addr.String(), "meta mark set meta mark |", markBit)
+	c.add(newRule().saddrIs(f, b.Addr).markOr(MasqueradeMark))
 	if s.AffinityTimeout > 0 {
 		set := affinitySet(name, s.AffinityTimeout)
 		o.sets[set] = &affinity{typ: f.addrType, timeout: s.AffinityTimeout}
-		c.rule("update", "@"+set, "{", f.addr, "saddr }")
+		c.add(newRule().updateSaddr(f, set))
 	}
-	to := netip.AddrPortFrom(b.Addr, b.Port).String() // [v6]:port for IPv6
-	c.rule("meta l4proto", proto, "dnat", f.addr, "to", to)
+	c.add(newRule().l4proto(proto).dnat(f, netip.AddrPortFrom(b.Addr, b.Port)))
 }
