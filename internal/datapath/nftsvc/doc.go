@@ -50,8 +50,8 @@
 // on the table: the kernel checks the whole table for loops after any transaction adding a
 // jump, a goto or a verdict-map element, which with a chain per service grew to 45 ms a
 // change at 10,000 services. Measured here (BenchmarkAddOneService, BenchmarkFullResync,
-// loaded machine): adding one service to 10,000 or 50,000 takes 0.3-0.4 ms (p99 under
-// 1.1 ms); a Full of 10,000 about 1.2 s, of 50,000 about 10 s.
+// loaded machine): adding one service to 10,000 or 50,000 takes 0.4 ms (p99 about 1.1 ms);
+// a Full of 10,000 about 0.7 s (p99 1 s), of 50,000 about 8 s.
 //
 // A Full change (and the first apply, and any after a refused transaction) deletes and
 // re-creates the table in one transaction, which the kernel applies atomically: no service is

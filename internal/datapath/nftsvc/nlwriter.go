@@ -52,8 +52,13 @@ func newNetlinkWriter(netnsFD int) *netlinkWriter {
 	}
 }
 
-// bigBuffers raises the socket's buffers past the system's defaults (root may).
+// bigBuffers raises the socket's buffers past the system's defaults (root may), and asks
+// for acknowledgements without a copy of the message acknowledged (which would double what
+// a large batch moves).
 func bigBuffers(c *netlink.Conn) error {
+	if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
+		return fmt.Errorf("netlink socket: %w", err)
+	}
 	raw, err := c.SyscallConn()
 	if err != nil {
 		return err
@@ -104,16 +109,14 @@ func (w *netlinkWriter) write(ctx context.Context, ops []op) error {
 		case opAddRule:
 			b.addRule(o.name, o.rule)
 		case opAddElement, opDeleteElement:
-			// Consecutive element ops on one set go in as few messages as the kernel allows.
-			limit := 1
-			if def := defOf(o.name); def != nil {
-				limit = elementsPerMessage(def)
-			}
-			j := i + 1
-			for j < len(ops) && j-i < limit && ops[j].kind == o.kind && ops[j].name == o.name {
+			// A run of element ops goes in as few messages as the kernel allows: grouped by
+			// set and kind, in the order each group first appears, which keeps a delete
+			// before an add of the same key (plans delete first).
+			j := i
+			for j < len(ops) && (ops[j].kind == opAddElement || ops[j].kind == opDeleteElement) {
 				j++
 			}
-			if err := b.elements(ops[i:j]); err != nil {
+			if err := b.elementRun(ops[i:j]); err != nil {
 				return err
 			}
 			i = j - 1
@@ -212,6 +215,38 @@ func (b *nlBatch) addRule(chain string, r *rule) {
 		nr.UserData = userdataComment(r.comment)
 	}
 	b.c.AddRule(nr)
+}
+
+// elementRun sends a run of element ops, grouped by set and kind.
+func (b *nlBatch) elementRun(run []op) error {
+	type group struct {
+		kind opKind
+		set  string
+	}
+	var order []group
+	groups := map[group][]op{}
+	for _, o := range run {
+		g := group{o.kind, o.name}
+		if _, seen := groups[g]; !seen {
+			order = append(order, g)
+		}
+		groups[g] = append(groups[g], o)
+	}
+	for _, g := range order {
+		ops := groups[g]
+		limit := 1
+		if def := defOf(g.set); def != nil {
+			limit = elementsPerMessage(def)
+		}
+		for len(ops) > 0 {
+			n := min(limit, len(ops))
+			if err := b.elements(ops[:n]); err != nil {
+				return err
+			}
+			ops = ops[n:]
+		}
+	}
+	return nil
 }
 
 // elements adds or deletes ops' elements (all of one kind, in one set).
