@@ -3,6 +3,7 @@ package bench
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -62,7 +63,8 @@ func median(vs []float64) float64 {
 // every metric, as a ratio to its limit, then the target comparisons. A figure with no samples
 // is left out; a baseline with none is left off rather than given as zero.
 func datapathMeasurements(s dpSamples, c dpConditions) []Measurement {
-	run := fmt.Sprintf("median of %d runs of %s (min %%.3g, max %%.3g), IPv4, %d cores, noisy machine", c.rounds, c.duration, c.cores)
+	run := fmt.Sprintf("median of %d runs of %s (min %%.3g, max %%.3g), IPv4, %d cores, %s", c.rounds, c.duration, c.cores,
+		strings.ReplaceAll(machineLoad(), "%", "%%"))
 	var out []Measurement
 	for _, metric := range dpMetrics {
 		info := dpMetricInfo[metric]

@@ -26,9 +26,9 @@ type policyConditions struct {
 }
 
 func (c policyConditions) String() string {
-	return fmt.Sprintf("%d NetworkPolicies in %d namespaces, %d pod addresses (IPv4) on %d nodes, %d on this node, %d identities, nft %s, %d cores, a busy shared machine",
+	return fmt.Sprintf("%d NetworkPolicies in %d namespaces, %d pod addresses (IPv4) on %d nodes, %d on this node, %d identities, nft %s, %d cores, %s",
 		c.size.Namespaces*c.size.PoliciesPerNS, c.size.Namespaces, c.size.Pods, c.size.Nodes, c.localPods, c.identities,
-		nftVersion(), c.cores)
+		nftVersion(), c.cores, machineLoad())
 }
 
 // policyMeasurements turns the samples into p50 and p99 per kind of change.

@@ -16,7 +16,7 @@ var singleComponents = []string{"etcd", "kube_apiserver", "kube_controller_manag
 // (half of them, all of them), and each component's resident memory with the pods, against
 // the same figure with the lab idle just before (so the ratio is the growth the pods caused).
 func scaleMeasurements(r scaleResult, cores int) []Measurement {
-	lab := fmt.Sprintf("twill lab up --nodes %d (kubelet, containerd, twill agent, kube-proxy per node), %d cores, noisy machine", r.nodes, cores)
+	lab := fmt.Sprintf("twill lab up --nodes %d (kubelet, containerd and the twill agent, which serves Services too, per node), %d cores, %s", r.nodes, cores, machineLoad())
 	spread := podSpread(r.podsPerNode)
 	out := []Measurement{{
 		Metric: "scale_lab_up", Value: r.labUp.Seconds(), Unit: "s",
