@@ -11,7 +11,8 @@ fi
 
 # containernetworking-plugins: the reference plugins twill chains with and compares against.
 # containerd, runc: the lab nodes' container runtime. iperf3: benchmarks. nftables, conntrack, iproute2: the datapath and its inspection.
-pkgs=(containernetworking-plugins containerd runc iperf3 nftables conntrack iproute2 util-linux iputils-ping)
+# iptables (Debian's, nft-based): kube-proxy's iptables mode, a baseline of the services benchmark.
+pkgs=(containernetworking-plugins containerd runc iperf3 nftables conntrack iproute2 util-linux iputils-ping iptables)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

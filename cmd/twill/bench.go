@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -28,6 +29,12 @@ func benchCmd() *cobra.Command {
 			for _, s := range suites {
 				rep, err := s.Run(cmd.Context(), opts)
 				if err != nil {
+					// A suite that failed part way may hand back what it measured before.
+					if len(rep.Measurements) > 0 {
+						if path, werr := rep.Write(out, cmd.OutOrStdout()); werr == nil {
+							fmt.Fprintln(cmd.ErrOrStderr(), "wrote what was measured before the failure to", path)
+						}
+					}
 					return fmt.Errorf("bench %s: %w", s.Name, err)
 				}
 				path, err := rep.Write(out, cmd.OutOrStdout())
@@ -40,7 +47,9 @@ func benchCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&out, "out", "bench/out", "directory the reports are written to")
-	cmd.Flags().IntVar(&opts.Iterations, "iterations", 0, "rounds each measurement repeats (0: the suite's default)")
+	cmd.Flags().IntVar(&opts.Iterations, "iterations", 0, "rounds each measurement repeats (0: the suite's default; services: single services added per scale and proxy)")
+	cmd.Flags().IntSliceVar(&opts.ServiceScales, "scales", nil, "services suite: numbers of services to measure at (default 1000,10000,50000)")
+	cmd.Flags().StringSliceVar(&opts.ServiceProxies, "proxies", nil, "services suite: proxies to measure (default "+strings.Join(bench.AllServiceProxies, ",")+")")
 	cmd.AddCommand(rrServerCmd(), rrClientCmd())
 	return cmd
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"text/tabwriter"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/twill-net/twill/internal/connectivity"
+	"github.com/twill-net/twill/internal/lab/kubenode"
 	"github.com/twill-net/twill/internal/lab/labctl"
 )
 
@@ -26,6 +28,7 @@ func connectivityCmd() *cobra.Command {
 func connectivityTestCmd() *cobra.Command {
 	var (
 		kubeconfig string
+		lbRange    string
 		cfg        connectivity.Config
 	)
 	cmd := &cobra.Command{
@@ -38,10 +41,15 @@ the pod's MTU, unfragmented, node to pod, pod to node (hostNetwork pods), pod to
 ClusterIP Service (TCP, same node and across nodes; needs kube-proxy), a NodePort Service at
 another node's address (TCP and UDP, from a pod and from a node), cluster DNS (the API's
 Service by its full name, the test's Service by its short name, and a connection to it by name;
-skipped when the cluster has no kube-dns Service), and a closed port refused rather than
-dropped. Pods run the workload
-image (` + connectivity.DefaultImage + `, imagePullPolicy Never) in the namespace
-` + connectivity.DefaultNamespace + `, deleted at the end. Exits 1 when any scenario fails.
+skipped when the cluster has no kube-dns Service), a closed port refused rather than dropped,
+and more of Services: a LoadBalancer IP and an external IP, from a pod and from a node (addresses
+from --lb-range, which the test writes into the Service as a load balancer controller would;
+without it the LoadBalancer scenarios wait for the cluster's controller and the external IP ones
+are skipped), sessionAffinity ClientIP against a control without, externalTrafficPolicy Local
+(source kept, local endpoint only, nothing forwarded from a node without one),
+internalTrafficPolicy Local, hairpin, a Service without endpoints refused at once, and a
+headless Service. Pods run the workload image (` + connectivity.DefaultImage + `,
+imagePullPolicy Never) in the namespace ` + connectivity.DefaultNamespace + `, deleted at the end. Exits 1 when any scenario fails.
 
 Not yet in the catalogue: policy.`,
 		Args: cobra.NoArgs,
@@ -50,7 +58,17 @@ Not yet in the catalogue: policy.`,
 			if kubeconfig == "" && os.Getenv("KUBECONFIG") == "" {
 				if st, err := (labctl.Paths{Dir: labctl.DirFromEnv()}).ReadState(); err == nil && st.Phase == labctl.PhaseReady {
 					kubeconfig = st.Kubeconfig
+					if lbRange == "" {
+						lbRange = kubenode.LoadBalancerRange.String() // routed on the lab's nodes
+					}
 				}
+			}
+			if lbRange != "" {
+				p, err := netip.ParsePrefix(lbRange)
+				if err != nil {
+					return fmt.Errorf("--lb-range: %w", err)
+				}
+				cfg.LoadBalancerRange = p
 			}
 			rules := clientcmd.NewDefaultClientConfigLoadingRules()
 			rules.ExplicitPath = kubeconfig
@@ -95,5 +113,6 @@ Not yet in the catalogue: policy.`,
 	f.StringVar(&cfg.Namespace, "namespace", connectivity.DefaultNamespace, "namespace for the test's pods (created and deleted)")
 	f.StringVar(&cfg.Image, "image", connectivity.DefaultImage, "image holding the twill binary as /twill")
 	f.DurationVar(&cfg.Timeout, "timeout", 3*time.Second, "timeout of each probe")
+	f.StringVar(&lbRange, "lb-range", "", "CIDR of free addresses routed to the nodes, for the LoadBalancer and externalIPs scenarios (the lab's by default against the lab)")
 	return cmd
 }

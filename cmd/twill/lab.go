@@ -95,7 +95,7 @@ nodes share one subnet.`,
 	f := cmd.Flags()
 	f.IntVar(&o.Nodes, "nodes", 3, "number of nodes (besides the control plane)")
 	f.StringVar(&o.Routing, "routing", labctl.RoutingVXLAN, "routing between nodes: vxlan, native or auto")
-	f.StringVar(&o.Services, "services", labctl.ServicesTwill, "who serves Services: twill (the agents, no kube-proxy) or kube-proxy (upstream, nftables mode)")
+	f.StringVar(&o.Services, "services", labctl.ServicesTwill, "who serves Services: twill (the agents, no kube-proxy), kube-proxy (upstream, nftables mode) or kube-proxy-iptables")
 	f.StringVar(&o.Name, "name", labctl.DefaultName, "prefix of the lab's network namespaces, cgroups and sockets")
 	return cmd
 }
@@ -144,7 +144,7 @@ func labServeCmd() *cobra.Command {
 	f := cmd.Flags()
 	f.IntVar(&o.Nodes, "nodes", 3, "number of nodes")
 	f.StringVar(&o.Routing, "routing", labctl.RoutingVXLAN, "vxlan, native or auto")
-	f.StringVar(&o.Services, "services", labctl.ServicesTwill, "twill or kube-proxy")
+	f.StringVar(&o.Services, "services", labctl.ServicesTwill, "twill, kube-proxy or kube-proxy-iptables")
 	f.StringVar(&o.Name, "name", labctl.DefaultName, "prefix of the lab's namespaces")
 	f.StringVar(&o.UpstreamBin, "upstream-bin", "", "directory of the upstream programs")
 	f.StringVar(&o.TwillBin, "twill-bin", "", "the twill binary the agents run")

@@ -37,7 +37,7 @@ func netcheckCmd() *cobra.Command {
 		Use:   "netcheck",
 		Short: "The built-in workload: an echo server and a prober (run in the lab's workload image)",
 	}
-	cmd.AddCommand(netcheckServeCmd(), netcheckConnectCmd(), netcheckResolveCmd())
+	cmd.AddCommand(netcheckServeCmd(), netcheckConnectCmd(), netcheckProbeCmd(), netcheckResolveCmd())
 	return cmd
 }
 
@@ -69,12 +69,15 @@ client sends; on UDP the same line for each datagram; on HTTP a JSON object {"po
 func netcheckConnectCmd() *cobra.Command {
 	var (
 		protocol string
+		count    int
 		opts     netcheck.Options
 	)
 	cmd := &cobra.Command{
 		Use:   "connect ADDR:PORT",
 		Short: "Reach a netcheck server and print its reply",
 		Long: fmt.Sprintf(`Reach the netcheck server at ADDR:PORT and print its reply ("pod=NAME client=IP:PORT").
+With --count N, make N connections one after the other and print each reply on its line; the
+first that fails ends the run, with its exit code.
 
 Exit codes tell the outcomes apart:
   0  the server answered
@@ -85,25 +88,75 @@ Exit codes tell the outcomes apart:
 			exitTimeout, exitRefused, exitUnreachable),
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			reply, err := netcheck.Probe(cmd.Context(), protocol, args[0], opts)
-			switch {
-			case errors.Is(err, netcheck.ErrRefused):
-				return &exitError{code: exitRefused, err: err}
-			case errors.Is(err, netcheck.ErrTimeout):
-				return &exitError{code: exitTimeout, err: err}
-			case errors.Is(err, netcheck.ErrUnreachable):
-				return &exitError{code: exitUnreachable, err: err}
-			case err != nil:
-				return err
+			// One reply line per connection; the first failure ends the series.
+			for range max(count, 1) {
+				reply, err := netcheck.Probe(cmd.Context(), protocol, args[0], opts)
+				switch {
+				case errors.Is(err, netcheck.ErrRefused):
+					return &exitError{code: exitRefused, err: err}
+				case errors.Is(err, netcheck.ErrTimeout):
+					return &exitError{code: exitTimeout, err: err}
+				case errors.Is(err, netcheck.ErrUnreachable):
+					return &exitError{code: exitUnreachable, err: err}
+				case err != nil:
+					return err
+				}
+				fmt.Fprintln(cmd.OutOrStdout(), reply)
 			}
-			fmt.Fprintln(cmd.OutOrStdout(), reply)
 			return nil
 		},
 	}
 	f := cmd.Flags()
+	// Many connections in one run: a check of how a Service spreads them costs one exec
+	// into the pod, not one per connection.
+	f.IntVar(&count, "count", 1, "make this many connections, one after the other, printing each reply")
 	f.StringVar(&protocol, "protocol", netcheck.TCP, "tcp, udp or http")
 	f.DurationVar(&opts.Timeout, "timeout", 2*time.Second, "give up after this long")
 	f.BoolVar(&opts.FillMTU, "fill-mtu", false, "udp: send datagrams as large as the path MTU, never fragmented")
+	return cmd
+}
+
+func netcheckProbeCmd() *cobra.Command {
+	var (
+		parallel int
+		opts     netcheck.Options
+	)
+	cmd := &cobra.Command{
+		Use:   "probe [PROTOCOL:ADDR:PORT ...]",
+		Short: "Reach many netcheck servers at once and print one result line per target",
+		Long: `Reach every target (tcp:ADDR:PORT, udp:ADDR:PORT or http:ADDR:PORT; an IPv6 ADDR in
+brackets), at most --parallel at once, and print one line per target, in the order given:
+
+  TARGET RESULT DETAIL
+
+RESULT is connected (DETAIL is the server's reply), timeout, refused, unreachable or error
+(DETAIL says what failed). Without arguments the targets are read from stdin, one a line.
+The exit code is 0 whenever every target has its line, whatever the results.`,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var targets []netcheck.Target
+			if len(args) == 0 {
+				var err error
+				if targets, err = netcheck.ReadTargets(cmd.InOrStdin()); err != nil {
+					return err
+				}
+			}
+			for _, a := range args {
+				t, err := netcheck.ParseTarget(a)
+				if err != nil {
+					return err
+				}
+				targets = append(targets, t)
+			}
+			out := cmd.OutOrStdout()
+			for _, r := range netcheck.ProbeAll(cmd.Context(), targets, opts, parallel) {
+				fmt.Fprintln(out, r)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&parallel, "parallel", 64, "probe at most this many targets at once")
+	f.DurationVar(&opts.Timeout, "timeout", 2*time.Second, "give up on a target after this long")
 	return cmd
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"strconv"
@@ -9,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/twill-net/twill/internal/datapath"
+	"github.com/twill-net/twill/internal/flow"
 	"github.com/twill-net/twill/internal/kube"
 	"github.com/twill-net/twill/internal/metrics"
 	"github.com/twill-net/twill/internal/policy"
@@ -31,6 +33,7 @@ func policyCmd() *cobra.Command {
 		return snapshot.Load(cmd.Context(), c)
 	}
 	cmd.AddCommand(policyCountersCmd())
+	cmd.AddCommand(policyDropsCmd())
 	cmd.AddCommand(&cobra.Command{
 		Use:   "explain SRC DST PORT/PROTO",
 		Short: "Say whether SRC may connect to DST (namespace/pod or IP) and which policies decide it",
@@ -145,5 +148,49 @@ func policyCountersCmd() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&url, "metrics-url", "http://127.0.0.1:9962"+metrics.Path, "the agent's metrics (its --metrics-address)")
 	cmd.Flags().BoolVar(&all, "all", false, "list counters at zero too")
+	return cmd
+}
+
+func policyDropsCmd() *cobra.Command {
+	var url string
+	var follow, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "drops",
+		Short: "Show the packets this node's agent saw policy drop: pod, peer, ports and the policy and rule (or default deny) that dropped each",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			out := cmd.OutOrStdout()
+			write := func(e flow.DropEvent) error {
+				return json.NewEncoder(out).Encode(e)
+			}
+			if !asJSON {
+				table := flow.NewDropTable(out)
+				write = func(e flow.DropEvent) error {
+					table.Write(e)
+					return table.Flush()
+				}
+				if !follow {
+					write = func(e flow.DropEvent) error { table.Write(e); return nil }
+					defer table.Flush()
+				}
+			}
+			if follow {
+				return flow.FollowDrops(cmd.Context(), url, write)
+			}
+			events, err := flow.ReadDrops(cmd.Context(), url)
+			if err != nil {
+				return err
+			}
+			for _, e := range events {
+				if err := write(e); err != nil {
+					return err
+				}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&url, "drops-url", "http://127.0.0.1:9962"+flow.DropsPath, "the agent's drop events (served beside its metrics, --metrics-address)")
+	cmd.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing drops as they happen")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object per drop")
 	return cmd
 }

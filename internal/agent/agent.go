@@ -1,6 +1,6 @@
 // Package agent wires one node's parts together: the API informers, the IPAM allocator, the
 // routing calculator and its netlink reconciler, the policy calculator and its nftables
-// reconciler, and the CNI server the plugin talks to. It holds
+// reconciler (with its drop events), and the CNI server the plugin talks to. It holds
 // no networking logic of its own; each part has a constructor and a Run(ctx), and the agent
 // stops them all through the context.
 package agent
@@ -26,6 +26,7 @@ import (
 	"github.com/twill-net/twill/internal/datapath/netlinkdp"
 	"github.com/twill-net/twill/internal/datapath/nftdp"
 	"github.com/twill-net/twill/internal/datapath/nftsvc"
+	"github.com/twill-net/twill/internal/flow"
 	"github.com/twill-net/twill/internal/ipam"
 	"github.com/twill-net/twill/internal/ipam/kubestore"
 	"github.com/twill-net/twill/internal/kube"
@@ -43,6 +44,9 @@ type Agent struct {
 	routesApplied atomic.Bool
 	// policy enforces network policy; nil when the configuration turns enforcement off.
 	policy *policyEnforcer
+	// drops holds the policy datapath's recent drop events and hands new ones to subscribers
+	// (the flow observability to come); nil when policy enforcement is off.
+	drops *flow.Hub
 }
 
 // New checks the configuration and returns an agent ready to Run.
@@ -113,6 +117,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		Ready:            a.ready,
 	}
 	var collectors []prometheus.Collector
+	var dropReceiver *flow.Receiver
 	if a.cfg.Policy {
 		nft, err := nftdp.NewKernel(a.cfg.NodeName, a.log)
 		if err != nil {
@@ -125,6 +130,9 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.policy.resetter = newConntrackResetter(a.cfg.NodeName)
 		}
 		collectors = append(collectors, &metrics.PolicyVerdicts{Reader: nft, Actions: a.policy.ruleActions})
+		if a.drops, dropReceiver, err = a.newDropEvents(nft); err != nil {
+			return err
+		}
 		w.synced = append(w.synced, a.policy.synced...)
 		a.policy.seedAddresses(alloc.Allocations())
 		cniCfg.BeforeReady = a.policy.beforeReady
@@ -143,6 +151,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			return err
 		}
 		w.synced = append(w.synced, services.synced...)
+		collectors = append(collectors, services.programming.hist)
 	}
 	var cniAlloc ipam.Allocator = alloc
 	if a.policy != nil {
@@ -156,7 +165,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		g.Go(func() error { return metrics.Serve(ctx, a.cfg.MetricsAddress, reg, a.log) })
+		g.Go(func() error { return metrics.Serve(ctx, a.cfg.MetricsAddress, reg, a.log, dropRoutes(a.drops)...) })
+	}
+	if dropReceiver != nil {
+		g.Go(func() error { return a.runDropEvents(ctx, dropReceiver) })
 	}
 	g.Go(func() error { return w.run(ctx) })
 	if !w.waitForSync(ctx) {

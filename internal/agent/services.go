@@ -19,9 +19,11 @@ import (
 const (
 	// serviceBatchWindow is how long the service loop waits after the first pending event
 	// before it applies: a rollout or a scale-up changes a slice several times within
-	// milliseconds, and one apply of the last state costs less than one apply per event,
-	// while a few milliseconds are nothing next to the time a pod takes to become ready.
-	serviceBatchWindow = 5 * time.Millisecond
+	// milliseconds, and one apply of the last state costs less than one apply per event. It
+	// is short because an apply is cheap (under a millisecond for one service over netlink,
+	// whatever the number of services) and the window counts in every change's programming
+	// time; a burst batches anyway, as events arriving during an apply wait for the next.
+	serviceBatchWindow = 2 * time.Millisecond
 	// serviceRetryMin and serviceRetryMax bound the backoff after a failed apply.
 	serviceRetryMin = 500 * time.Millisecond
 	serviceRetryMax = 30 * time.Second
@@ -41,6 +43,8 @@ type serviceProxy struct {
 
 	synced  []cache.InformerSynced
 	changed chan struct{}
+	// programming times each change to the datapath (servicesmetrics.go).
+	programming *serviceProgramming
 
 	// batch, retryMin and retryMax are the constants above; tests shorten or lengthen them.
 	batch              time.Duration
@@ -57,6 +61,7 @@ func newServiceProxy(factory informers.SharedInformerFactory, nodeName string, d
 		calc: service.NewCalculator(nodeName), dp: dp, log: log.With("part", "services"),
 		changed: make(chan struct{}, 1),
 		batch:   serviceBatchWindow, retryMin: serviceRetryMin, retryMax: serviceRetryMax,
+		programming: newServiceProgramming(),
 	}
 	handlers := []struct {
 		inf cache.SharedIndexInformer
@@ -80,6 +85,7 @@ func newServiceProxy(factory informers.SharedInformerFactory, nodeName string, d
 }
 
 func (s *serviceProxy) kick() {
+	s.programming.changed()
 	select {
 	case s.changed <- struct{}{}:
 	default:
@@ -112,6 +118,9 @@ func (s *serviceProxy) run(ctx context.Context) error {
 		default:
 		}
 		ch := s.calc.Flush()
+		// After the flush: a change arriving between the two is then missed by the metric (its
+		// apply is not timed) rather than timed from an apply that did not include it.
+		since := s.programming.take()
 		if !ch.Full && len(ch.Set) == 0 && len(ch.Removed) == 0 {
 			continue // the touched services came back to what the datapath has
 		}
@@ -120,6 +129,7 @@ func (s *serviceProxy) run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			s.programming.failed(since)
 			s.calc.RequestFull()
 			s.log.Error("applying services failed; retrying with a full apply", "err", err, "retryIn", backoff)
 			if err := sleepCtx(ctx, backoff); err != nil {
@@ -129,6 +139,7 @@ func (s *serviceProxy) run(ctx context.Context) error {
 			continue
 		}
 		backoff = s.retryMin
+		s.programming.applied(since)
 		s.log.Debug("services applied", "full", ch.Full, "set", len(ch.Set), "removed", len(ch.Removed),
 			"took", time.Since(start))
 	}

@@ -130,6 +130,10 @@ func TestRRTool(t *testing.T) {
 		if r.Transactions < 10 || r.Seconds < 0.2 || r.Rate() <= 0 {
 			t.Errorf("crr=%v: %+v, rate %v", crr, r, r.Rate())
 		}
+		// Connect times are measured under CRR only (RR connects once).
+		if hasConnect := r.ConnectP50Micros > 0 && r.ConnectP99Micros >= r.ConnectP50Micros; hasConnect != crr {
+			t.Errorf("crr=%v: connect p50 %v µs, p99 %v µs", crr, r.ConnectP50Micros, r.ConnectP99Micros)
+		}
 		out, _ := json.Marshal(r)
 		if back, err := parseRRResult(out); err != nil || back != r {
 			t.Errorf("parseRRResult(%s) = %+v, %v", out, back, err)

@@ -108,7 +108,13 @@ func startRRServer(twillBin string, ns *underlay.Node, addr netip.Addr) (stop fu
 // runRRClient runs `twill bench rr-client` in ns against addr for d and returns transactions
 // per second (connectPerRequest: TCP_CRR, else TCP_RR).
 func runRRClient(ctx context.Context, twillBin string, ns *underlay.Node, addr netip.Addr, connectPerRequest bool, d time.Duration) (float64, error) {
-	args := []string{"bench", "rr-client", "--target", netip.AddrPortFrom(addr, rrPort).String(), "--duration", d.String()}
+	r, err := runRRClientResult(ctx, twillBin, ns, netip.AddrPortFrom(addr, rrPort), connectPerRequest, d)
+	return r.Rate(), err
+}
+
+// runRRClientResult is runRRClient against any address and port, with the whole result.
+func runRRClientResult(ctx context.Context, twillBin string, ns *underlay.Node, target netip.AddrPort, connectPerRequest bool, d time.Duration) (RRResult, error) {
+	args := []string{"bench", "rr-client", "--target", target.String(), "--duration", d.String()}
 	if connectPerRequest {
 		args = append(args, "--connect-per-request")
 	}
@@ -118,13 +124,9 @@ func runRRClient(ctx context.Context, twillBin string, ns *underlay.Node, addr n
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		return 0, fmt.Errorf("rr-client in %s to %s: %w: %s", ns.Name, addr, err, strings.TrimSpace(stderr.String()))
+		return RRResult{}, fmt.Errorf("rr-client in %s to %s: %w: %s", ns.Name, target, err, strings.TrimSpace(stderr.String()))
 	}
-	r, err := parseRRResult(out)
-	if err != nil {
-		return 0, err
-	}
-	return r.Rate(), nil
+	return parseRRResult(out)
 }
 
 // waitReachable probes addr's request/response server from ns until one round trip succeeds

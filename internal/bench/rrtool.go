@@ -22,6 +22,11 @@ import (
 type RRResult struct {
 	Transactions int     `json:"transactions"`
 	Seconds      float64 `json:"seconds"`
+	// ConnectP50Micros and ConnectP99Micros are, under TCP_CRR, the percentiles of the time
+	// connect() took (SYN out to SYN-ACK in: a new connection's first packet through the
+	// whole path, service translation included), in microseconds.
+	ConnectP50Micros float64 `json:"connect_p50_us,omitempty"`
+	ConnectP99Micros float64 `json:"connect_p99_us,omitempty"`
 }
 
 // Rate is transactions per second.
@@ -88,6 +93,7 @@ func RunRRClient(ctx context.Context, target string, connectPerRequest bool, d t
 	n, start := 0, time.Now()
 	deadline := start.Add(d)
 	var conn net.Conn
+	var connects []time.Duration
 	defer func() {
 		if conn != nil {
 			_ = conn.Close()
@@ -95,9 +101,13 @@ func RunRRClient(ctx context.Context, target string, connectPerRequest bool, d t
 	}()
 	for n == 0 || time.Now().Before(deadline) {
 		if conn == nil {
+			dialStart := time.Now()
 			c, err := dialer.DialContext(ctx, "tcp", target)
 			if err != nil {
 				return RRResult{}, err
+			}
+			if connectPerRequest {
+				connects = append(connects, time.Since(dialStart))
 			}
 			conn = c
 			_ = conn.SetDeadline(deadline.Add(10 * time.Second))
@@ -115,7 +125,12 @@ func RunRRClient(ctx context.Context, target string, connectPerRequest bool, d t
 			return RRResult{}, ctx.Err()
 		}
 	}
-	return RRResult{Transactions: n, Seconds: time.Since(start).Seconds()}, nil
+	res := RRResult{Transactions: n, Seconds: time.Since(start).Seconds()}
+	if len(connects) > 0 {
+		res.ConnectP50Micros = float64(Percentile(connects, 50)) / float64(time.Microsecond)
+		res.ConnectP99Micros = float64(Percentile(connects, 99)) / float64(time.Microsecond)
+	}
+	return res, nil
 }
 
 // parseRRResult reads the client's output.

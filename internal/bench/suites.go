@@ -13,6 +13,10 @@ type Options struct {
 	Iterations int
 	// Progress receives what a suite is doing while it runs (nil: nothing is said).
 	Progress io.Writer
+	// ServiceScales and ServiceProxies are the services suite's scales and proxies (nil: its
+	// defaults); Iterations is its number of single-service additions per scale and proxy.
+	ServiceScales  []int
+	ServiceProxies []string
 }
 
 // Suite is one benchmark program.
@@ -32,6 +36,7 @@ func Suites() []Suite {
 		{Name: "datapath", Short: "pod-to-pod TCP throughput, request/response and connect-per-request rates (same node, native, VXLAN) against the veth and node limits and bridge+host-local", Run: runDatapathSuite},
 		{Name: "scale", Short: "twill lab up --nodes 10 with 100 pods: lab start, time to all pods Ready, RSS of kubelet, containerd, twill agent and control plane", Run: runScaleSuite},
 		{Name: "policy", Short: "policy change to enforcement in nftables (p50/p99) with 1,000 NetworkPolicies and 10,000 pod addresses; rule-set memory", Run: runPolicySuite},
+		{Name: "services", Short: "twill's service proxy against kube-proxy (iptables, nftables) at 1,000, 10,000 and 50,000 services: new-connection rate and connect latency to a ClusterIP, one added service to programmed, full resync, memory", Run: runServicesSuite},
 	}
 }
 

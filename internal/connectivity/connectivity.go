@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 	"time"
@@ -50,7 +51,13 @@ type Config struct {
 	Image string
 	// Timeout bounds each probe.
 	Timeout time.Duration
-	Log     *slog.Logger
+	// LoadBalancerRange holds addresses nothing else in the cluster uses, routed to its nodes:
+	// the test gives one to a LoadBalancer Service (writing the Service's status, as a load
+	// balancer controller such as MetalLB would) and puts another in a Service's externalIPs.
+	// Unset (a real cluster): the LoadBalancer scenarios wait for the cluster's own controller
+	// to assign an address, and the externalIPs ones are skipped.
+	LoadBalancerRange netip.Prefix
+	Log               *slog.Logger
 }
 
 // Result is the outcome of one scenario.
@@ -97,7 +104,8 @@ func newRun(cfg Config, report func(Result)) *run {
 	if report == nil {
 		report = func(Result) {}
 	}
-	return &run{cfg: cfg, report: report, serviceWait: defaultServiceWait, services: map[string]*corev1.Service{}}
+	return &run{cfg: cfg, report: report, serviceWait: defaultServiceWait, retryEvery: 500 * time.Millisecond,
+		services: map[string]*corev1.Service{}}
 }
 
 func (r *run) execute(ctx context.Context) ([]Result, error) {
@@ -127,6 +135,8 @@ type run struct {
 	servers, hosts []*corev1.Pod
 	// serviceWait is how long a new Service may take to work (tests shorten it).
 	serviceWait time.Duration
+	// retryEvery spaces the attempts of a probe (or an API read) repeated until it succeeds.
+	retryEvery time.Duration
 	// services are the ClusterIP Services made so far, by the name of the server they front.
 	services map[string]*corev1.Service
 }
@@ -220,9 +230,13 @@ func (r *run) startPods(ctx context.Context, nodes []corev1.Node) error {
 // createPod makes a netcheck pod serving on port..port+2; publish maps its ports on the node.
 func (r *run) createPod(ctx context.Context, name, node string, hostNetwork bool, port int, publish bool) (*corev1.Pod, error) {
 	zero := int64(0)
+	labels := map[string]string{"app": "twill-connectivity", serverLabel: name}
+	if publish {
+		// The server pods (those that publish ports), which Services over several backends select.
+		labels[roleLabel] = roleServer
+	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: r.cfg.Namespace,
-			Labels: map[string]string{"app": "twill-connectivity", serverLabel: name}},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: r.cfg.Namespace, Labels: labels},
 		Spec: corev1.PodSpec{
 			// Placed by name, not by the scheduler: each scenario needs a given pair of nodes.
 			NodeName:                      node,

@@ -3,15 +3,19 @@ package connectivity
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
@@ -35,14 +39,17 @@ func fakeCluster(t *testing.T, nodes int, dns bool) *fake.Clientset {
 		})
 	}
 	kube := fake.NewClientset(objs...)
-	var mu sync.Mutex
-	count := 0
+	var (
+		mu    sync.Mutex
+		count int
+		pods  []*corev1.Pod // as created, for the endpoints of Services
+	)
 	kube.PrependReactor("create", "pods", func(action k8stesting.Action) (bool, runtime.Object, error) {
 		pod := action.(k8stesting.CreateAction).GetObject().(*corev1.Pod)
 		mu.Lock()
+		defer mu.Unlock()
 		count++
 		n := count
-		mu.Unlock()
 		var node int
 		fmt.Sscanf(pod.Spec.NodeName, "node%d", &node)
 		pod.Status.Phase = corev1.PodRunning
@@ -51,74 +58,170 @@ func fakeCluster(t *testing.T, nodes int, dns bool) *fake.Clientset {
 		if pod.Spec.HostNetwork {
 			pod.Status.PodIP = pod.Status.HostIP
 		}
+		pods = append(pods, pod)
 		return false, pod, nil // the tracker stores the pod with its status
 	})
 	services := 0
 	kube.PrependReactor("create", "services", func(action k8stesting.Action) (bool, runtime.Object, error) {
 		svc := action.(k8stesting.CreateAction).GetObject().(*corev1.Service)
 		mu.Lock()
+		defer mu.Unlock()
 		services++
-		svc.Spec.ClusterIP = fmt.Sprintf("10.96.1.%d", services)
+		if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+			svc.Spec.ClusterIP = fmt.Sprintf("10.96.1.%d", services)
+		}
 		for i := range svc.Spec.Ports {
-			if svc.Spec.Type == corev1.ServiceTypeNodePort {
+			if svc.Spec.Type == corev1.ServiceTypeNodePort || svc.Spec.Type == corev1.ServiceTypeLoadBalancer {
 				svc.Spec.Ports[i].NodePort = int32(30000 + 10*services + i)
 			}
 		}
-		mu.Unlock()
+		// The EndpointSlice controller's work: the pods the selector matches (the tracker has
+		// its own lock; the clientset's is held while reactors run).
+		slice := &discoveryv1.EndpointSlice{ObjectMeta: metav1.ObjectMeta{Name: svc.Name + "-1", Namespace: svc.Namespace,
+			Labels: map[string]string{discoveryv1.LabelServiceName: svc.Name}}, AddressType: discoveryv1.AddressTypeIPv4}
+		for _, pod := range selected(pods, svc) {
+			slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{Addresses: []string{pod.Status.PodIP}})
+		}
+		if err := kube.Tracker().Add(slice); err != nil {
+			return true, nil, err
+		}
 		return false, svc, nil
 	})
 	return kube
 }
 
+// selected are the pods of list that svc's selector matches, in their order.
+func selected(list []*corev1.Pod, svc *corev1.Service) []*corev1.Pod {
+	var out []*corev1.Pod
+	for _, pod := range list {
+		if len(svc.Spec.Selector) > 0 && labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(pod.Labels)) {
+			out = append(out, pod)
+		}
+	}
+	return out
+}
+
 // prober answers probes as a network would: answer(from, addr) gives the address the server
-// saw, or the prober's exit code.
+// saw, or the prober's exit code; then a Service's address leads to one of the pods it
+// selects, as a service proxy would choose (see proxyFault for the ways it can be broken).
 type prober struct {
 	answer func(from *corev1.Pod, proto, addr string) (clientIP string, code int)
+	mu     sync.Mutex // probes run in parallel
 	calls  []string
-	// kube names the pod that answers: the one with the address, or the one a Service with
-	// the address selects.
+	// kube is the cluster whose pods and Services the probes reach.
 	kube *fake.Clientset
 	// dns, when set, answers lookups in place of the fake cluster DNS (addresses, exit code).
 	dns func(name string) (string, int)
+	// fault breaks the service proxy in one way.
+	fault proxyFault
 }
 
-// server names the pod serving at host:port, as the network would deliver to it: the pod with
-// the address, or the one a Service with the address, name or node port selects.
-func (p *prober) server(ctx context.Context, host, port string) string {
+// proxyFault is a way a service proxy can be broken.
+type proxyFault int
+
+const (
+	proxyHealthy proxyFault = iota
+	// proxyIgnoresAffinity picks at random whatever the Service's sessionAffinity.
+	proxyIgnoresAffinity
+	// proxyAlwaysFirst always picks the first endpoint.
+	proxyAlwaysFirst
+	// proxyIgnoresLocal treats both traffic policies as Cluster (and masquerades node ports).
+	proxyIgnoresLocal
+	// proxyDropsWithoutEndpoints lets connections to a Service without endpoints time out.
+	proxyDropsWithoutEndpoints
+	// proxyNoHairpin drops a pod's connection to its own Service when it picks the pod.
+	proxyNoHairpin
+)
+
+// serve says which pod answers a probe of host:port from a pod, or why none does (an exit
+// code), and the client address the server sees (clientIP, unless the proxy masquerades).
+func (p *prober) serve(ctx context.Context, from *corev1.Pod, host, port, clientIP string) (string, string, int) {
 	pods, _ := p.kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
-	for _, pod := range pods.Items {
+	var all []*corev1.Pod
+	for i := range pods.Items {
+		pod := &pods.Items[i]
 		if pod.Status.PodIP == host && !pod.Spec.HostNetwork {
-			return pod.Name
+			return pod.Name, clientIP, 0
 		}
+		all = append(all, pod)
 	}
+	slices.SortFunc(all, func(a, b *corev1.Pod) int { return strings.Compare(a.Name, b.Name) })
 	services, _ := p.kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	for _, svc := range services.Items {
-		if svc.Spec.ClusterIP == host || svc.Name == host {
-			return svc.Spec.Selector[serverLabel]
-		}
+		internal := svc.Spec.ClusterIP == host || svc.Name == host
+		external := slices.Contains(svc.Spec.ExternalIPs, host) ||
+			slices.ContainsFunc(svc.Status.LoadBalancer.Ingress, func(i corev1.LoadBalancerIngress) bool { return i.IP == host })
 		for _, sp := range svc.Spec.Ports {
-			if sp.NodePort != 0 && fmt.Sprint(sp.NodePort) == port {
-				return svc.Spec.Selector[serverLabel]
+			external = external || sp.NodePort != 0 && fmt.Sprint(sp.NodePort) == port && strings.HasPrefix(host, "10.254.1.")
+		}
+		if !internal && !external {
+			continue
+		}
+		candidates := selected(all, &svc)
+		local := func(nodeIP string) {
+			if p.fault != proxyIgnoresLocal {
+				candidates = slices.DeleteFunc(candidates, func(pod *corev1.Pod) bool { return pod.Status.HostIP != nodeIP })
 			}
 		}
+		switch {
+		case internal && svc.Spec.InternalTrafficPolicy != nil && *svc.Spec.InternalTrafficPolicy == corev1.ServiceInternalTrafficPolicyLocal:
+			local(from.Status.HostIP)
+		case external && svc.Spec.ExternalTrafficPolicy == corev1.ServiceExternalTrafficPolicyLocal:
+			local(host)
+			if p.fault == proxyIgnoresLocal {
+				clientIP = "10.254.1.99"
+			}
+		case external:
+			clientIP = "10.254.1.99" // masqueraded
+		}
+		if len(candidates) == 0 {
+			if p.fault == proxyDropsWithoutEndpoints {
+				return "", "", exitTimeout
+			}
+			return "", "", exitRefused
+		}
+		pick := candidates[rand.IntN(len(candidates))]
+		if p.fault == proxyAlwaysFirst || svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP && p.fault != proxyIgnoresAffinity {
+			pick = candidates[0]
+		}
+		if pick.Name == from.Name && p.fault == proxyNoHairpin {
+			return "", "", exitTimeout
+		}
+		return pick.Name, clientIP, 0
 	}
-	return "server"
+	return "server", clientIP, 0
 }
 
-// resolve answers a lookup as the cluster DNS would: Services by their full or short name.
+// resolve answers a lookup as the cluster DNS would: Services by their full or short name
+// (headless ones with their pods' addresses).
 func (p *prober) resolve(ctx context.Context, name string) (string, int) {
 	services, _ := p.kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
 	for _, svc := range services.Items {
 		if name == svc.Name || name == svc.Name+"."+svc.Namespace+".svc.cluster.local" {
-			return svc.Spec.ClusterIP + "\n", 0
+			if svc.Spec.ClusterIP != corev1.ClusterIPNone {
+				return svc.Spec.ClusterIP + "\n", 0
+			}
+			pods, _ := p.kube.CoreV1().Pods(svc.Namespace).List(ctx, metav1.ListOptions{})
+			var out strings.Builder
+			for i := range pods.Items {
+				if len(selected([]*corev1.Pod{&pods.Items[i]}, &svc)) > 0 {
+					out.WriteString(pods.Items[i].Status.PodIP + "\n")
+				}
+			}
+			return out.String(), 0
 		}
 	}
 	return "", exitNotFound
 }
 
 func (p *prober) exec(ctx context.Context, pod *corev1.Pod, argv []string) (string, string, int, error) {
+	record := func(call string) {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.calls = append(p.calls, call)
+	}
 	if argv[2] == "resolve" {
-		p.calls = append(p.calls, pod.Name+" resolve "+argv[3])
+		record(pod.Name + " resolve " + argv[3])
 		if p.dns == nil {
 			out, code := p.resolve(ctx, argv[3])
 			return out, "", code, nil
@@ -127,16 +230,29 @@ func (p *prober) exec(ctx context.Context, pod *corev1.Pod, argv []string) (stri
 		return out, "", code, nil
 	}
 	addr, proto := argv[3], argv[5]
-	p.calls = append(p.calls, pod.Name+" "+proto+" "+addr)
+	record(pod.Name + " " + proto + " " + addr)
 	host, port, _ := net.SplitHostPort(addr)
 	if host == "127.0.0.1" {
 		return "pod=" + pod.Name + " client=127.0.0.1:1\n", "", 0, nil
 	}
-	clientIP, code := p.answer(pod, proto, addr)
-	if code != 0 {
-		return "", "twill: failed", code, nil
+	count := 1
+	if i := slices.Index(argv, "--count"); i > 0 {
+		count, _ = strconv.Atoi(argv[i+1])
 	}
-	return "pod=" + p.server(ctx, host, port) + " client=" + clientIP + ":40000\n", "", 0, nil
+	// As `netcheck connect --count`: a reply line per connection, until one fails.
+	var out strings.Builder
+	for range count {
+		clientIP, code := p.answer(pod, proto, addr)
+		if code != 0 {
+			return out.String(), "twill: failed", code, nil
+		}
+		server, clientIP, code := p.serve(ctx, pod, host, port, clientIP)
+		if code != 0 {
+			return out.String(), "twill: failed", code, nil
+		}
+		out.WriteString("pod=" + server + " client=" + clientIP + ":40000\n")
+	}
+	return out.String(), "", 0, nil
 }
 
 func runFake(t *testing.T, nodes int, answer func(*corev1.Pod, string, string) (string, int)) ([]Result, *prober) {
@@ -146,10 +262,16 @@ func runFake(t *testing.T, nodes int, answer func(*corev1.Pod, string, string) (
 
 func runFakeWith(t *testing.T, kube *fake.Clientset, p *prober) ([]Result, *prober) {
 	t.Helper()
-	p.kube = kube
-	r := newRun(Config{Kube: kube, Timeout: time.Second}, nil)
+	return runFakeConfig(t, Config{Kube: kube, Timeout: time.Second}, p)
+}
+
+func runFakeConfig(t *testing.T, cfg Config, p *prober) ([]Result, *prober) {
+	t.Helper()
+	p.kube = cfg.Kube.(*fake.Clientset)
+	r := newRun(cfg, nil)
 	r.exec = p.exec
 	r.serviceWait = 100 * time.Millisecond
+	r.retryEvery = 10 * time.Millisecond
 	results, err := r.execute(t.Context())
 	if err != nil {
 		t.Fatal(err)

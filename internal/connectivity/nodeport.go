@@ -86,7 +86,7 @@ func (r *run) expectServedBy(ctx context.Context, scenario string, from *corev1.
 	r.add(out)
 }
 
-// probeUntil repeats probe every half second until done says so or run.serviceWait passes,
+// probeUntil repeats probe every run.retryEvery until done says so or run.serviceWait passes,
 // and returns the last result.
 func (r *run) probeUntil(ctx context.Context, probe func() probeResult, done func(probeResult) bool) probeResult {
 	deadline := time.Now().Add(r.serviceWait)
@@ -98,7 +98,7 @@ func (r *run) probeUntil(ctx context.Context, probe func() probeResult, done fun
 		select {
 		case <-ctx.Done():
 			return res
-		case <-time.After(500 * time.Millisecond):
+		case <-time.After(r.retryEvery):
 		}
 	}
 }

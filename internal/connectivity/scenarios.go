@@ -59,6 +59,13 @@ func (r *run) scenarios(ctx context.Context) {
 	}
 	r.nodePortScenarios(ctx)
 	r.dnsScenarios(ctx)
+	r.loadBalancerScenarios(ctx)
+	r.externalIPScenarios(ctx)
+	r.affinityScenarios(ctx)
+	r.trafficPolicyScenarios(ctx)
+	r.hairpinScenario(ctx)
+	r.noEndpointsScenario(ctx)
+	r.headlessScenarios(ctx)
 	// A port nobody listens on is refused, not silently dropped: the path answers.
 	last := r.servers[len(r.servers)-1]
 	r.expectRefused(ctx, fmt.Sprintf("closed port refused, %s", last.Spec.NodeName), client, hostPortOf(last.Status.PodIP, podPort+10))
@@ -134,11 +141,12 @@ func (p probeResult) clientIP() string {
 }
 
 func (r *run) probe(ctx context.Context, pod *corev1.Pod, proto, addr string) probeResult {
-	argv := []string{"/twill", "netcheck", "connect", addr, "--protocol", proto, "--timeout", r.cfg.Timeout.String()}
-	if proto == netcheck.UDP+"+mtu" {
-		argv[5] = netcheck.UDP
-		argv = append(argv, "--fill-mtu")
-	}
+	return r.probeFor(ctx, pod, proto, addr, r.cfg.Timeout)
+}
+
+// probeFor is probe with its own timeout (shorter where the scenario expects no answer).
+func (r *run) probeFor(ctx context.Context, pod *corev1.Pod, proto, addr string, timeout time.Duration) probeResult {
+	argv := connectArgv(proto, addr, timeout)
 	stdout, stderr, code, err := r.exec(ctx, pod, argv)
 	res := probeResult{code: code, stderr: stderr, err: err}
 	if code == 0 {
@@ -147,6 +155,16 @@ func (r *run) probe(ctx context.Context, pod *corev1.Pod, proto, addr string) pr
 		}
 	}
 	return res
+}
+
+// connectArgv runs `twill netcheck connect` (proto "udp+mtu": UDP datagrams filling the MTU).
+func connectArgv(proto, addr string, timeout time.Duration) []string {
+	argv := []string{"/twill", "netcheck", "connect", addr, "--protocol", proto, "--timeout", timeout.String()}
+	if proto == netcheck.UDP+"+mtu" {
+		argv[5] = netcheck.UDP
+		argv = append(argv, "--fill-mtu")
+	}
+	return argv
 }
 
 func trimLine(s string) string {

@@ -66,7 +66,7 @@ func (r *run) expectClusterIP(ctx context.Context, scenario string, server *core
 		if (res.code == 0 && res.reply.Pod == server.Name) || time.Now().After(deadline) || ctx.Err() != nil {
 			break
 		}
-		time.Sleep(500 * time.Millisecond)
+		time.Sleep(r.retryEvery)
 	}
 	out.Took = time.Since(start)
 	switch {

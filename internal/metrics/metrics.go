@@ -1,6 +1,7 @@
 // Package metrics is the agent's Prometheus endpoint: what the datapath counted (policy
 // verdicts by policy and rule), served on /metrics for scrapers and for `twill policy
-// counters`. Collectors read the datapath when scraped, so nothing is counted twice and an
+// counters`; the agent adds its other HTTP endpoints (drop events, internal/flow) to the same
+// server as Routes. Collectors read the datapath when scraped, so nothing is counted twice and an
 // idle agent does no metrics work.
 package metrics
 
@@ -40,15 +41,27 @@ func NewRegistry(cs ...prometheus.Collector) (*prometheus.Registry, error) {
 	return reg, nil
 }
 
-// Serve serves reg on addr until ctx ends.
-func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger) error {
+// Route is one more handler the agent's HTTP server serves beside the metrics (drop events).
+type Route struct {
+	Path    string
+	Handler http.Handler
+}
+
+// Serve serves reg on addr, and routes, until ctx ends.
+func Serve(ctx context.Context, addr string, reg *prometheus.Registry, log *slog.Logger, routes ...Route) error {
 	mux := http.NewServeMux()
 	mux.Handle(Path, promhttp.HandlerFor(reg, promhttp.HandlerOpts{ErrorLog: slogPrinter{log}}))
+	for _, r := range routes {
+		mux.Handle(r.Path, r.Handler)
+	}
 	l, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("metrics: listen on %s: %w", addr, err)
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	// Requests end with the server's context, so a stream (drop events ?follow) does not
+	// hold up shutdown.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second,
+		BaseContext: func(net.Listener) context.Context { return ctx }}
 	go func() {
 		<-ctx.Done()
 		shutdown, cancel := context.WithTimeout(context.Background(), 2*time.Second)

@@ -31,13 +31,6 @@ var (
 // the pod's ports and their names, which are the same).
 const containerName = "netcheck"
 
-// Exit codes of `twill netcheck connect` (see its --help).
-const (
-	exitTimeout     = 2
-	exitRefused     = 3
-	exitUnreachable = 4
-)
-
 // Cluster is the live cluster the cases run on, reached through its API only.
 type Cluster struct {
 	Kube kubernetes.Interface
@@ -49,7 +42,7 @@ type Cluster struct {
 	Nodes []string
 	// ProbeTimeout bounds one probe: a dropped packet shows as a timeout this long.
 	ProbeTimeout time.Duration
-	// Parallel bounds the probes (execs) in flight.
+	// Parallel bounds the execs in flight (each probes one pod's targets: ProbeMany).
 	Parallel int
 	Log      *slog.Logger
 }
@@ -74,35 +67,11 @@ func (v Verdict) String() string {
 	return "probe failed"
 }
 
-// ProbeResult is one `twill netcheck connect` run in a pod.
+// ProbeResult is what one probe from a pod saw (a target of `twill netcheck probe`).
 type ProbeResult struct {
 	Verdict Verdict
 	// Detail tells how: "answered", "timed out", "refused", ...
 	Detail string
-}
-
-// Probe connects from pod ns/name to addr over protocol (TCP or UDP) through the pod's
-// kubelet. Refused and unreachable count as blocked (a policy may reject rather than drop);
-// Detail keeps which it was.
-func (c *Cluster) Probe(ctx context.Context, ns, pod string, protocol corev1.Protocol, addr string) ProbeResult {
-	ctx, cancel := context.WithTimeout(ctx, c.ProbeTimeout+30*time.Second)
-	defer cancel()
-	argv := []string{"/twill", "netcheck", "connect", addr, "--protocol", strings.ToLower(string(protocol)),
-		"--timeout", c.ProbeTimeout.String()}
-	_, stderr, code, err := c.execInPod(ctx, ns, pod, argv)
-	switch code {
-	case 0:
-		return ProbeResult{Allowed, "answered"}
-	case exitTimeout:
-		return ProbeResult{Blocked, "timed out"}
-	case exitRefused:
-		return ProbeResult{Blocked, "refused"}
-	case exitUnreachable:
-		return ProbeResult{Blocked, "unreachable"}
-	case -1:
-		return ProbeResult{Failed, err.Error()}
-	}
-	return ProbeResult{Failed, fmt.Sprintf("exit code %d: %s", code, strings.TrimSpace(stderr))}
 }
 
 // nodeFor spreads pods over the nodes: cyclonus's pods a, b, c of one namespace land on three

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -214,17 +213,21 @@ func (s *Suite) RunCNP(ctx context.Context, tc CNPCase) (out CaseResult) {
 	out.Probes = len(checks)
 	pending := checks
 	for try := 0; ; try++ {
-		var mu sync.Mutex
+		// One exec per source pod probes all of its pending checks.
+		specs := make([]ProbeSpec, len(pending))
+		for i, ch := range pending {
+			specs[i] = ProbeSpec{NS: ch.from.NS, Pod: ch.from.Name, Protocol: ch.port.Protocol,
+				Addr: net.JoinHostPort(ch.toIP, strconv.Itoa(ch.port.Port))}
+		}
 		var wrong []*check
-		forEach(ctx, c.Parallel, pending, func(ctx context.Context, ch *check) {
-			ch.got = c.Probe(ctx, ch.from.NS, ch.from.Name, ch.port.Protocol, net.JoinHostPort(ch.toIP, strconv.Itoa(ch.port.Port)))
-			if ch.got.Verdict != ch.want {
-				mu.Lock()
+		for i, got := range c.ProbeMany(ctx, specs) {
+			ch := pending[i]
+			ch.got = got
+			if got.Verdict != ch.want {
 				ch.missed = true
 				wrong = append(wrong, ch)
-				mu.Unlock()
 			}
-		})
+		}
 		pending = wrong
 		if len(wrong) == 0 || try >= s.Retries || ctx.Err() != nil {
 			break

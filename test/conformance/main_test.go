@@ -158,8 +158,10 @@ func bringUp(ctx context.Context, name, dir string, served chan<- error) error {
 	if len(names) < 3 {
 		return fmt.Errorf("want 3 Ready nodes, have %v", names)
 	}
+	// Parallel 12: a step's execs (one per source pod, 9 in the shape, a few more when a
+	// case adds pods) all run at once rather than leaving one for a second round.
 	cluster = &Cluster{Kube: kube, REST: rest, Image: labctl.WorkloadImage, Nodes: names,
-		ProbeTimeout: time.Second, Parallel: 8, Log: slog.Default()}
+		ProbeTimeout: time.Second, Parallel: 12, Log: slog.Default()}
 	return nil
 }
 

@@ -6,7 +6,6 @@ import (
 	"maps"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mattfenwick/cyclonus/pkg/connectivity/probe"
@@ -353,18 +352,21 @@ func (s *Suite) probeStep(ctx context.Context, st *caseState, caseName string, s
 	out.Probes += len(checks)
 	pending := checks
 	for try := 0; ; try++ {
-		var mu sync.Mutex
-		var wrong []*check
-		forEach(ctx, s.Cluster.Parallel, pending, func(ctx context.Context, ch *check) {
+		// One exec per source pod probes all of its pending checks.
+		specs := make([]ProbeSpec, len(pending))
+		for i, ch := range pending {
 			j := ch.job
-			ch.got = s.Cluster.Probe(ctx, j.FromNamespace, j.FromPod, j.Protocol, j.ToAddress())
-			if ch.got.Verdict != ch.want {
-				mu.Lock()
+			specs[i] = ProbeSpec{NS: j.FromNamespace, Pod: j.FromPod, Protocol: j.Protocol, Addr: j.ToAddress()}
+		}
+		var wrong []*check
+		for i, got := range s.Cluster.ProbeMany(ctx, specs) {
+			ch := pending[i]
+			ch.got = got
+			if got.Verdict != ch.want {
 				ch.missed = true
 				wrong = append(wrong, ch)
-				mu.Unlock()
 			}
-		})
+		}
 		if len(wrong) == 0 || try >= s.Retries || ctx.Err() != nil {
 			pending = wrong
 			break

@@ -79,6 +79,8 @@
 // Attribution: every rule verdict counts into a named counter r-<hash of Attribution.ID()>
 // whose comment is the ID; default-deny-ingress/-egress, own-node and ct-invalid count the
 // verdicts no rule makes. PolicyCounters reports them by ID. Drops are rendered by dropVerdict
-// alone, where an nflog statement (log group N prefix <counter name>) will feed drop events to
-// the flow pipeline.
+// alone: a drop goes to a chain drop-<counter name> that counts it, drops it and logs it
+// (rate-limited) to nflog group DropLogGroup with the counter name as prefix, so the agent's
+// drop events (internal/flow) name the rule or default deny that dropped each packet;
+// DropAttribution turns a prefix back into the counter's key.
 package nftdp

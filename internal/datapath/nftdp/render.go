@@ -126,7 +126,7 @@ func (b *builder) membership(f family) {
 func (b *builder) podsChain(f family) {
 	c := b.m.chain(podsChain(f), "")
 	c.rule(f.addr, "saddr !=", "@"+localSet(f), f.addr, "daddr !=", "@"+localSet(f), "return")
-	c.rule("ct state invalid", dropVerdict(counterInvalid))
+	c.rule("ct state invalid", b.dropVerdict(counterInvalid))
 	c.rule(f.addr, "saddr", "@"+localSet(f), "jump", directionChain(datapath.Egress, f))
 	c.rule(f.addr, "daddr", "@"+localSet(f), "jump", directionChain(datapath.Ingress, f))
 }

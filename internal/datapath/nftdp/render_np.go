@@ -52,7 +52,7 @@ func (b *builder) networkPolicyTier(d datapath.Direction, f family, rules *datap
 			b.egressNamedPortRules(c, f, r)
 		}
 	}
-	c.rule(dropVerdict(defaultDenyCounter(d)))
+	c.rule(b.dropVerdict(defaultDenyCounter(d)))
 	b.m.counters[defaultDenyCounter(d)] = datapath.DefaultDenyCounter(d)
 
 	maps := map[string]*setModel{"idport": idPortMap, "id": idMap, "netport": netPortMap, "net": netMap}

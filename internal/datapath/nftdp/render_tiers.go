@@ -1,6 +1,7 @@
 package nftdp
 
 import (
+	"fmt"
 	"strings"
 
 	"github.com/twill-net/twill/internal/datapath"
@@ -42,7 +43,7 @@ func (b *builder) orderedTier(d datapath.Direction, f family, tier datapath.Tier
 		case r.Action == datapath.ActionAccept:
 			verdict = "counter name " + counter + " return"
 		case r.Action == datapath.ActionDeny:
-			verdict = dropVerdict(counter)
+			verdict = b.dropVerdict(counter)
 		case tier == datapath.TierAdmin: // Pass
 			verdict = "counter name " + counter + " goto " + tierChain(d, f, datapath.TierNetworkPolicy)
 		default: // Pass in Baseline: nothing after it denies
@@ -93,9 +94,25 @@ func (b *builder) portClauses(ports []datapath.PortMatch, f family) []string {
 	return clauses
 }
 
-// dropVerdict counts and drops. Every drop of the table is rendered here, so drop events for
-// the flow pipeline are one statement away: "log group N prefix <counter>" before the drop
-// sends each dropped packet to nflog, named by the counter that attributes it.
-func dropVerdict(counter string) string {
-	return "counter name " + counter + " drop"
+// dropVerdict sends a packet to the drop chain of its counter, which counts it, drops it and,
+// within a rate, logs it to the nflog group DropLogGroup with the counter name as prefix: the
+// agent's drop events (internal/flow) are attributed by that name. Every drop of the table is
+// rendered here.
+//
+// The rate limit is in a chain of its own because limit is a match in nft: in the dropping
+// rule, a packet over the rate would not match and would fall through to the next rule (and
+// be allowed). In the drop chain, the logging rule stops matching over the rate and the next
+// rule drops without logging, so the verdict is the same either way and the table's rules
+// match each packet once. The limit is per counter: a flood of one kind of drop costs at
+// most DropLogRate messages a second, and nflog never holds a packet back (a lagging reader
+// loses messages, not packets).
+func (b *builder) dropVerdict(counter string) string {
+	chain := dropChain(counter)
+	if b.m.chains[chain] == nil {
+		c := b.m.chain(chain, "")
+		c.rule(fmt.Sprintf("limit rate %d/second burst %d packets counter name %s log group %d snaplen %d prefix %q drop",
+			DropLogRate, DropLogBurst, counter, DropLogGroup, dropLogSnaplen, DropLogPrefix(counter)))
+		c.rule("counter name", counter, "drop")
+	}
+	return "goto " + chain
 }

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,7 +65,10 @@ type Config struct {
 	// KubeProxy runs the upstream kube-proxy (from BinDir) on the node, so Services work; off,
 	// the node has none, as a node of a cluster that does without would.
 	KubeProxy bool
-	Log       *slog.Logger
+	// KubeProxyMode is kube-proxy's mode: KubeProxyNFTables (default, "") or KubeProxyIPTables
+	// (which needs Debian's iptables, the nft-based one, on the machine).
+	KubeProxyMode string
+	Log           *slog.Logger
 }
 
 // Node is a running Kubernetes node; Close removes all of it.
@@ -126,8 +130,10 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	if n.ns, err = createNamespaces(ctx, n.Dir, filepath.Base(cfg.Node.Netns), n.Name, binds); err != nil {
 		return n, err
 	}
-	if err := addServiceRoute(cfg.Node, cfg.ControlPlane.ServiceCIDR()); err != nil {
-		return n, err
+	for _, cidr := range []netip.Prefix{cfg.ControlPlane.ServiceCIDR(), LoadBalancerRange} {
+		if err := addServiceRoute(cfg.Node, cidr); err != nil {
+			return n, err
+		}
 	}
 	if err := n.startContainerd(ctx); err != nil {
 		return n, err

@@ -3,6 +3,7 @@ package kubenode
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 )
@@ -11,16 +12,26 @@ import (
 // Service from outside it is masqueraded.
 const ClusterCIDR = "10.244.0.0/16"
 
-// kubeProxyConfig is the node's KubeProxyConfiguration: nftables mode, its table in the node's
-// network namespace (and gone with it). The conntrack settings it would otherwise tune are
-// global to the machine (nf_conntrack_max) or not ours to change: zero tells it to leave each
-// alone.
-func (n *Node) kubeProxyConfig(kubeconfig string) map[string]any {
+// kube-proxy's modes the lab runs (KubeProxyConfiguration's mode).
+const (
+	KubeProxyNFTables = "nftables"
+	KubeProxyIPTables = "iptables"
+)
+
+// KubeProxyConfig is a node's KubeProxyConfiguration: the given mode (default nftables), its
+// rules in the node's network namespace (and gone with it). The conntrack settings it would
+// otherwise tune are global to the machine (nf_conntrack_max) or not ours to change: zero
+// tells it to leave each alone. Exported so that the services benchmark runs kube-proxy exactly
+// as the lab does.
+func KubeProxyConfig(nodeName, kubeconfig, mode string) map[string]any {
+	if mode == "" {
+		mode = KubeProxyNFTables
+	}
 	return map[string]any{
 		"apiVersion":       "kubeproxy.config.k8s.io/v1alpha1",
 		"kind":             "KubeProxyConfiguration",
-		"mode":             "nftables",
-		"hostnameOverride": n.Name,
+		"mode":             mode,
+		"hostnameOverride": nodeName,
 		"clusterCIDR":      ClusterCIDR,
 		"clientConnection": map[string]any{"kubeconfig": kubeconfig},
 		"conntrack": map[string]any{
@@ -37,14 +48,26 @@ func (n *Node) kubeProxyConfig(kubeconfig string) map[string]any {
 	}
 }
 
+// ValidKubeProxyMode says whether mode is one the lab runs ("" is nftables).
+func ValidKubeProxyMode(mode string) error {
+	switch mode {
+	case "", KubeProxyNFTables, KubeProxyIPTables:
+		return nil
+	}
+	return fmt.Errorf("kube-proxy mode %q: want %s or %s", mode, KubeProxyNFTables, KubeProxyIPTables)
+}
+
 // startKubeProxy writes kube-proxy's credentials (system:kube-proxy, which the apiserver's
 // default policy binds to system:node-proxier) and configuration, and starts it.
 func (n *Node) startKubeProxy() error {
+	if err := ValidKubeProxyMode(n.cfg.KubeProxyMode); err != nil {
+		return err
+	}
 	kubeconfig := filepath.Join(n.Dir, "pki", "kube-proxy.kubeconfig")
 	if err := n.cfg.ControlPlane.WriteKubeconfigFor(kubeconfig, "system:kube-proxy"); err != nil {
 		return err
 	}
-	conf, err := json.MarshalIndent(n.kubeProxyConfig(kubeconfig), "", "  ")
+	conf, err := json.MarshalIndent(KubeProxyConfig(n.Name, kubeconfig, n.cfg.KubeProxyMode), "", "  ")
 	if err != nil {
 		return err
 	}

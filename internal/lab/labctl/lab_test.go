@@ -17,6 +17,7 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/twill-net/twill/internal/connectivity"
+	"github.com/twill-net/twill/internal/lab/kubenode"
 	"github.com/twill-net/twill/internal/lab/labctl"
 	"github.com/twill-net/twill/internal/lab/underlay"
 	"github.com/twill-net/twill/internal/lab/upstream"
@@ -96,7 +97,8 @@ func TestLabUpConnectivityDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	results, err := connectivity.Run(ctx, connectivity.Config{Kube: kube, REST: rest, Image: labctl.WorkloadImage}, nil)
+	results, err := connectivity.Run(ctx, connectivity.Config{Kube: kube, REST: rest, Image: labctl.WorkloadImage,
+		LoadBalancerRange: kubenode.LoadBalancerRange}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -106,8 +108,10 @@ func TestLabUpConnectivityDown(t *testing.T) {
 	if n := connectivity.Failed(results); n > 0 || len(results) < 10 {
 		t.Errorf("%d of %d scenarios failed", n, len(results))
 	}
-	// The lab has a cluster DNS and two nodes: no DNS or NodePort scenario may be skipped.
-	for _, want := range []string{"DNS: ", "NodePort"} {
+	// The lab has a cluster DNS, two nodes and a load balancer range: no DNS, NodePort or
+	// further Service scenario may be skipped.
+	for _, want := range []string{"DNS: ", "NodePort", "LoadBalancer IP", "externalIPs", "session affinity", "sessionAffinity",
+		"TrafficPolicy Local", "hairpin", "without endpoints", "headless"} {
 		n := 0
 		for _, r := range results {
 			if strings.Contains(r.Scenario, want) {

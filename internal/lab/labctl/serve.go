@@ -36,6 +36,9 @@ const (
 	// ServicesKubeProxy: the upstream kube-proxy (nftables mode) on every node, the
 	// comparison twill is measured against.
 	ServicesKubeProxy = "kube-proxy"
+	// ServicesKubeProxyIPTables: the upstream kube-proxy in iptables mode (Debian's iptables
+	// must be installed).
+	ServicesKubeProxyIPTables = "kube-proxy-iptables"
 )
 
 // Options describe the lab the supervisor runs.
@@ -71,9 +74,9 @@ func (o *Options) validate() error {
 	switch o.Services {
 	case "":
 		o.Services = ServicesTwill
-	case ServicesTwill, ServicesKubeProxy:
+	case ServicesTwill, ServicesKubeProxy, ServicesKubeProxyIPTables:
 	default:
-		return fmt.Errorf("lab: services %q: want %s or %s", o.Services, ServicesTwill, ServicesKubeProxy)
+		return fmt.Errorf("lab: services %q: want %s, %s or %s", o.Services, ServicesTwill, ServicesKubeProxy, ServicesKubeProxyIPTables)
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
@@ -88,6 +91,14 @@ func (o *Options) agentArgs() []string {
 		args = append(args, "--services")
 	}
 	return args
+}
+
+// kubeProxyMode is kube-proxy's mode for Services (ignored when kube-proxy does not run).
+func (o *Options) kubeProxyMode() string {
+	if o.Services == ServicesKubeProxyIPTables {
+		return kubenode.KubeProxyIPTables
+	}
+	return kubenode.KubeProxyNFTables
 }
 
 // nodeSpecs names the nodes node1..nodeN and places them on the underlay (see Options.Routing).
@@ -219,9 +230,10 @@ func bringUp(ctx context.Context, opts Options, state *State) (lab *runningLab, 
 					"portmap":   "/usr/lib/cni/portmap",
 					"loopback":  "/usr/lib/cni/loopback",
 				},
-				Images:    images,
-				KubeProxy: opts.Services == ServicesKubeProxy,
-				Log:       log,
+				Images:        images,
+				KubeProxy:     opts.Services == ServicesKubeProxy || opts.Services == ServicesKubeProxyIPTables,
+				KubeProxyMode: opts.kubeProxyMode(),
+				Log:           log,
 			})
 			if err != nil {
 				return nil, err
