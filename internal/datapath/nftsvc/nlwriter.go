@@ -191,30 +191,33 @@ func (b *nlBatch) addSet(name string, d *setDef) error {
 func (b *nlBatch) addRule(chain string, r *rule) {
 	exprs := make([]expr.Any, len(r.exprs))
 	for i, e := range r.exprs {
-		// A set made in this same batch is found by its ID; an older one by name.
-		switch e := e.(type) {
-		case *expr.Lookup:
-			if s := b.sets[e.SetName]; s != nil {
-				l := *e
-				l.SetID = s.ID
-				exprs[i] = &l
-				continue
-			}
-		case *expr.Dynset:
-			if s := b.sets[e.SetName]; s != nil {
-				d := *e
-				d.SetID = s.ID
-				exprs[i] = &d
-				continue
-			}
-		}
-		exprs[i] = e
+		exprs[i] = b.withSetID(e)
 	}
 	nr := &nftables.Rule{Table: b.w.table, Chain: b.chain(chain), Exprs: exprs}
 	if r.comment != "" {
 		nr.UserData = userdataComment(r.comment)
 	}
 	b.c.AddRule(nr)
+}
+
+// withSetID gives a set lookup the ID of a set made in this same batch (the kernel finds it
+// by ID there); one made earlier is found by name.
+func (b *nlBatch) withSetID(e expr.Any) expr.Any {
+	switch e := e.(type) {
+	case *expr.Lookup:
+		if s := b.sets[e.SetName]; s != nil {
+			l := *e
+			l.SetID = s.ID
+			return &l
+		}
+	case *expr.Dynset:
+		if s := b.sets[e.SetName]; s != nil {
+			d := *e
+			d.SetID = s.ID
+			return &d
+		}
+	}
+	return e
 }
 
 // elementRun sends a run of element ops, grouped by set and kind.
