@@ -6,13 +6,11 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
 
 	"github.com/twill-net/twill/internal/lab/cluster"
-	"github.com/twill-net/twill/internal/lab/upstream"
 )
 
 // The CNI suite measures pod network setup and teardown as a container runtime sees it: the
@@ -72,32 +70,20 @@ func RunCNI(ctx context.Context, opts CNIOptions) (rep Report, err error) {
 	if progress == nil {
 		progress = io.Discard
 	}
-	twillBin, cniDir, err := twillBinaries(opts.TwillBin)
-	if err != nil {
-		return rep, err
-	}
 	if err := requirePlugins(opts.BaselinePluginDir, "bridge", "host-local"); err != nil {
 		return rep, fmt.Errorf("the baseline needs Debian's reference plugins (apt-get install containernetworking-plugins): %w", err)
 	}
-	if opts.UpstreamBin == "" {
-		if opts.UpstreamBin, err = upstream.Binaries(ctx, "etcd", "kube-apiserver"); err != nil {
-			return rep, err
-		}
-	}
-	dir, err := os.MkdirTemp("", "twill-bench-cni-")
+	run, err := prepareLabRun(ctx, opts.TwillBin, opts.UpstreamBin, "cni", cniLabPrefix, "etcd", "kube-apiserver")
 	if err != nil {
 		return rep, err
 	}
-	name := fmt.Sprintf("%s%04x", cniLabPrefix, rand.IntN(1<<16))
+	twillBin, cniDir, dir, name := run.twillBin, run.cniDir, run.dir, run.name
+	opts.UpstreamBin = run.upstreamBin
 	// Cleanup runs even when ctx was cancelled (Ctrl-C): nothing of the lab may stay behind.
 	cleanupCtx := context.WithoutCancel(ctx)
-	defer func() {
-		if err != nil {
-			fmt.Fprintf(progress, "bench cni: failed; the logs are kept in %s\n", dir)
-			return
-		}
-		err = os.RemoveAll(dir)
-	}()
+	defer run.keepLogsOnFailure(&err, func(format string, args ...any) {
+		fmt.Fprintf(progress, "bench cni: "+format+"\n", args...)
+	})
 
 	fmt.Fprintf(progress, "bench cni: starting a one-node lab cluster %s (etcd, kube-apiserver, twill agent)\n", name)
 	lab, err := cluster.Start(ctx, cluster.Options{

@@ -6,16 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net/netip"
-	"os"
 	"os/exec"
 	"runtime"
 	"time"
 
 	"github.com/twill-net/twill/internal/lab/cluster"
 	"github.com/twill-net/twill/internal/lab/underlay"
-	"github.com/twill-net/twill/internal/lab/upstream"
 )
 
 // The datapath suite measures what a pod's traffic gets: TCP throughput (one stream), the
@@ -109,31 +106,17 @@ func RunDatapath(ctx context.Context, opts DatapathOptions) (rep Report, err err
 	if _, err := exec.LookPath("iperf3"); err != nil {
 		return rep, fmt.Errorf("the datapath suite needs iperf3 (apt-get install iperf3): %w", err)
 	}
-	twillBin, cniDir, err := twillBinaries(opts.TwillBin)
-	if err != nil {
-		return rep, err
-	}
 	if err := requirePlugins(opts.BaselinePluginDir, "bridge", "host-local"); err != nil {
 		return rep, fmt.Errorf("the baseline needs Debian's reference plugins (apt-get install containernetworking-plugins): %w", err)
 	}
-	if opts.UpstreamBin == "" {
-		if opts.UpstreamBin, err = upstream.Binaries(ctx, "etcd", "kube-apiserver"); err != nil {
-			return rep, err
-		}
-	}
-	dir, err := os.MkdirTemp("", "twill-bench-datapath-")
+	run, err := prepareLabRun(ctx, opts.TwillBin, opts.UpstreamBin, "datapath", datapathLabName, "etcd", "kube-apiserver")
 	if err != nil {
 		return rep, err
 	}
-	name := fmt.Sprintf("%s%04x", datapathLabName, rand.IntN(1<<16))
+	twillBin, cniDir, dir, name := run.twillBin, run.cniDir, run.dir, run.name
+	opts.UpstreamBin = run.upstreamBin
 	cleanupCtx := context.WithoutCancel(ctx)
-	defer func() {
-		if err != nil {
-			say("failed; the logs are kept in %s", dir)
-			return
-		}
-		err = os.RemoveAll(dir)
-	}()
+	defer run.keepLogsOnFailure(&err, say)
 
 	say("starting a two-node lab cluster %s (etcd, kube-apiserver, twill agents, native routing)", name)
 	lab, err := cluster.Start(ctx, cluster.Options{

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -18,7 +17,6 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/twill-net/twill/internal/lab/labctl"
-	"github.com/twill-net/twill/internal/lab/upstream"
 )
 
 // The scale suite is `twill lab up --nodes 10` with 100 pods spread over the nodes, on this
@@ -86,20 +84,12 @@ func RunScale(ctx context.Context, opts ScaleOptions) (rep Report, err error) {
 		progress = io.Discard
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(progress, "bench scale: "+format+"\n", args...) }
-	twillBin, cniDir, err := twillBinaries(opts.TwillBin)
+	run, err := prepareLabRun(ctx, opts.TwillBin, opts.UpstreamBin, "scale", datapathLabName, scaleUpstream...)
 	if err != nil {
 		return rep, err
 	}
-	if opts.UpstreamBin == "" {
-		if opts.UpstreamBin, err = upstream.Binaries(ctx, scaleUpstream...); err != nil {
-			return rep, err
-		}
-	}
-	name := fmt.Sprintf("%s%04x", datapathLabName, rand.IntN(1<<16))
-	dir, err := os.MkdirTemp("", "twill-bench-scale-")
-	if err != nil {
-		return rep, err
-	}
+	twillBin, cniDir, dir, name := run.twillBin, run.cniDir, run.dir, run.name
+	opts.UpstreamBin = run.upstreamBin
 	p := labctl.Paths{Dir: filepath.Join(dir, "lab")}
 	res := scaleResult{nodes: opts.Nodes, pods: opts.Pods}
 	defer func() {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,7 +17,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/twill-net/twill/internal/lab/cluster"
-	"github.com/twill-net/twill/internal/lab/upstream"
 )
 
 // The services suite compares twill's service proxy (the agent with --services: nftables
@@ -182,28 +180,14 @@ func RunServices(ctx context.Context, opts ServicesOptions) (rep Report, err err
 		progress = io.Discard
 	}
 	say := func(format string, args ...any) { fmt.Fprintf(progress, "bench services: "+format+"\n", args...) }
-	twillBin, cniDir, err := twillBinaries(opts.TwillBin)
+	run, err := prepareLabRun(ctx, opts.TwillBin, opts.UpstreamBin, "services", datapathLabName, "etcd", "kube-apiserver", "kube-proxy")
 	if err != nil {
 		return rep, err
 	}
-	if opts.UpstreamBin == "" {
-		if opts.UpstreamBin, err = upstream.Binaries(ctx, "etcd", "kube-apiserver", "kube-proxy"); err != nil {
-			return rep, err
-		}
-	}
-	dir, err := os.MkdirTemp("", "twill-bench-services-")
-	if err != nil {
-		return rep, err
-	}
-	name := fmt.Sprintf("%s%04x", datapathLabName, rand.IntN(1<<16))
+	twillBin, cniDir, dir, name := run.twillBin, run.cniDir, run.dir, run.name
+	opts.UpstreamBin = run.upstreamBin
 	cleanupCtx := context.WithoutCancel(ctx)
-	defer func() {
-		if err != nil {
-			say("failed; the logs are kept in %s", dir)
-			return
-		}
-		err = os.RemoveAll(dir)
-	}()
+	defer run.keepLogsOnFailure(&err, say)
 
 	say("starting a one-node lab cluster %s (etcd, kube-apiserver, twill agent without --services)", name)
 	lab, err := cluster.Start(ctx, cluster.Options{
