@@ -28,6 +28,7 @@ type Reconciler struct {
 	// a refused transaction, so that the next apply rebuilds the table whole.
 	inSync bool
 	flat   flatState
+	claims claims
 	stats  Stats
 }
 
@@ -63,7 +64,8 @@ func newReconciler(w writer, log *slog.Logger) *Reconciler {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Reconciler{w: w, log: log, services: map[datapath.ServiceKey]*objects{}, flat: newFlatState()}
+	return &Reconciler{w: w, log: log, services: map[datapath.ServiceKey]*objects{}, flat: newFlatState(),
+		claims: newClaims()}
 }
 
 // ApplyServices makes the table serve ch. A Full change, the first apply of a process and
@@ -75,15 +77,42 @@ func (r *Reconciler) ApplyServices(ctx context.Context, ch datapath.ServiceChang
 	defer r.mu.Unlock()
 
 	if ch.Full {
-		r.services = make(map[datapath.ServiceKey]*objects, len(ch.Set))
-		for i := range ch.Set {
-			r.services[ch.Set[i].Key] = renderService(&ch.Set[i])
+		r.claims = newClaims()
+		set := slices.Clone(ch.Set)
+		slices.SortFunc(set, func(a, b datapath.Service) int { return compareKeys(a.Key, b.Key) })
+		for i := range set {
+			r.warnDenied(&set[i], r.claims.take(&set[i]))
+		}
+		r.services = make(map[datapath.ServiceKey]*objects, len(set))
+		for i := range set {
+			r.services[set[i].Key] = renderService(&set[i], r.claims.ownedBy(set[i].Key))
 		}
 		return r.rebuild(ctx)
 	}
-	rendered := make(map[datapath.ServiceKey]*objects, len(ch.Set))
+	// Claims on external IPs first: what a changed or removed service lets go may go to
+	// another service, which is then rendered again too.
+	var freed []claimedFrontend
+	for _, k := range ch.Removed {
+		if !slices.ContainsFunc(ch.Set, func(s datapath.Service) bool { return s.Key == k }) {
+			freed = append(freed, r.claims.release(k)...)
+		}
+	}
 	for i := range ch.Set {
-		rendered[ch.Set[i].Key] = renderService(&ch.Set[i])
+		freed = append(freed, r.claims.release(ch.Set[i].Key)...)
+	}
+	given := slices.Clone(ch.Set)
+	slices.SortFunc(given, func(a, b datapath.Service) int { return compareKeys(a.Key, b.Key) })
+	for i := range given {
+		r.warnDenied(&given[i], r.claims.take(&given[i]))
+	}
+	rendered := make(map[datapath.ServiceKey]*objects, len(given))
+	for i := range given {
+		rendered[given[i].Key] = renderService(&given[i], r.claims.ownedBy(given[i].Key))
+	}
+	for _, k := range r.claims.handOver(freed) {
+		if _, again := rendered[k]; !again {
+			rendered[k] = renderService(r.claims.specs[k], r.claims.ownedBy(k))
+		}
 	}
 	var changes []change
 	for _, k := range ch.Removed {
@@ -132,6 +161,15 @@ func (r *Reconciler) rebuild(ctx context.Context) error {
 	r.stats.Rebuilds++
 	r.inSync = true
 	return nil
+}
+
+// warnDenied says which of s's external frontends another service holds.
+func (r *Reconciler) warnDenied(s *datapath.Service, denied []claimedFrontend) {
+	for _, f := range denied {
+		r.log.Warn("external IP already served for another service; not served for this one",
+			"service", s.Key, "address", f.addr, "port", f.port, "protocol", protoName(f.proto),
+			"servedFor", r.claims.owner[f])
+	}
 }
 
 // Stats returns the counts of applies so far.

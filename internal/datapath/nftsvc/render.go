@@ -3,6 +3,7 @@ package nftsvc
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 
 	"sigs.k8s.io/knftables"
 
@@ -62,9 +63,10 @@ func skeleton() *objects {
 	return o
 }
 
-// renderService returns the objects one service owns.
-func renderService(s *datapath.Service) *objects {
-	r := &renderer{o: newObjects()}
+// renderService returns the objects one service owns. An external IP is rendered for a port
+// only if mayServe says so (see claims); nil allows all.
+func renderService(s *datapath.Service, mayServe func(netip.Addr, *datapath.ServicePort) bool) *objects {
+	r := &renderer{o: newObjects(), mayServe: mayServe}
 	for _, f := range families {
 		clusterIPs, externalIPs := ofFamily(s.ClusterIPs, f), ofFamily(s.ExternalIPs, f)
 		if len(clusterIPs) == 0 && len(externalIPs) == 0 {
@@ -100,7 +102,8 @@ func backendsOfFamily(bs []datapath.Backend, f family) []datapath.Backend {
 
 // renderer renders one service into o.
 type renderer struct {
-	o *objects
+	o        *objects
+	mayServe func(netip.Addr, *datapath.ServicePort) bool
 }
 
 // port renders one port of s in family f: a cluster chain (cluster IPs) and an external
@@ -115,6 +118,9 @@ func (r *renderer) port(s *datapath.Service, p *datapath.ServicePort, f family, 
 		desc += " (" + p.Name + ")"
 	}
 	all, local := backendsOfFamily(p.Backends, f), backendsOfFamily(p.LocalBackends, f)
+	if r.mayServe != nil {
+		externalIPs = slices.DeleteFunc(slices.Clone(externalIPs), func(a netip.Addr) bool { return !r.mayServe(a, p) })
+	}
 
 	internal, external := all, all
 	if s.InternalLocal {
