@@ -34,8 +34,11 @@ type proxyEnv struct {
 
 // runningProxy is a started proxy.
 type runningProxy struct {
-	stop  func() error
-	clean func(ctx context.Context) error
+	// started is when the proxy's process was started: the full sync is timed from there,
+	// not from the stop of whatever ran before it (twill's agent without --services).
+	started time.Time
+	stop    func() error
+	clean   func(ctx context.Context) error
 }
 
 // svcResult is one proxy at one scale.
@@ -65,11 +68,11 @@ type svcResult struct {
 // the kernel), times its first full sync, measures, then stops it and cleans its rules.
 func measureProxy(ctx context.Context, env *proxyEnv, world *serviceWorld, proxy string, opts ServicesOptions, say func(string, ...any)) (res svcResult, err error) {
 	res.proxy = proxy
-	start := time.Now()
 	p, err := env.start(ctx, proxy)
 	if err != nil {
 		return res, err
 	}
+	start := p.started
 	var added []string
 	defer func() {
 		// Stopped before the additions are deleted: those deletions are nobody's to program.
@@ -199,6 +202,7 @@ func (env *proxyEnv) startTwill(ctx context.Context) (*runningProxy, error) {
 		return nil, err
 	}
 	n.ExtraArgs = []string{"--services"}
+	started := time.Now()
 	if err := n.StartAgent(); err != nil {
 		return nil, err
 	}
@@ -213,7 +217,8 @@ func (env *proxyEnv) startTwill(ctx context.Context) (*runningProxy, error) {
 		return n.WaitReady(ctx)
 	}
 	return &runningProxy{
-		stop: func() error { return n.StopAgent() },
+		started: started,
+		stop:    func() error { return n.StopAgent() },
 		clean: func(ctx context.Context) error {
 			err := deleteNFTTable(ctx, n.Node, string(nftsvc.TableFamily), nftsvc.TableName)
 			return errors.Join(err, restart(ctx))
@@ -240,12 +245,14 @@ func (env *proxyEnv) startKubeProxy(mode string) (*runningProxy, error) {
 	defer log.Close()
 	cmd := env.node.Command(context.Background(), env.kubeProxyBin, "--config="+confFile, "--v=1")
 	cmd.Stdout, cmd.Stderr = log, log
+	started := time.Now()
 	if err := underlay.StartCommand(cmd); err != nil {
 		return nil, fmt.Errorf("starting kube-proxy (%s): %w", mode, err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
 	return &runningProxy{
+		started: started,
 		stop: func() error {
 			_ = cmd.Process.Signal(syscall.SIGTERM)
 			select {
