@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
 	"time"
@@ -55,9 +56,15 @@ func parseIperf3(out []byte) (float64, error) {
 // startIperf3Server starts `iperf3 -s` in ns, bound to addr; stop kills it.
 func startIperf3Server(ns *underlay.Node, addr netip.Addr) (stop func(), err error) {
 	cmd := ns.Command(context.Background(), "iperf3", "-s", "-B", addr.String(), "-p", strconv.Itoa(iperf3Port))
+	return startServer(cmd, "iperf3 server", ns)
+}
+
+// startServer starts cmd, a server in ns that runs until killed (its output discarded);
+// stop kills it and waits for it to exit.
+func startServer(cmd *exec.Cmd, what string, ns *underlay.Node) (stop func(), err error) {
 	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
 	if err := underlay.StartCommand(cmd); err != nil {
-		return nil, fmt.Errorf("starting iperf3 server in %s: %w", ns.Name, err)
+		return nil, fmt.Errorf("starting the %s in %s: %w", what, ns.Name, err)
 	}
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -93,16 +100,7 @@ func runIperf3(ctx context.Context, ns *underlay.Node, addr netip.Addr, d time.D
 func startRRServer(twillBin string, ns *underlay.Node, addr netip.Addr) (stop func(), err error) {
 	cmd := ns.Command(context.Background(), twillBin, "bench", "rr-server", "--listen", netip.AddrPortFrom(addr, rrPort).String())
 	cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
-	cmd.Stdout, cmd.Stderr = io.Discard, io.Discard
-	if err := underlay.StartCommand(cmd); err != nil {
-		return nil, fmt.Errorf("starting the request/response server in %s: %w", ns.Name, err)
-	}
-	done := make(chan struct{})
-	go func() { _ = cmd.Wait(); close(done) }()
-	return func() {
-		_ = cmd.Process.Kill()
-		<-done
-	}, nil
+	return startServer(cmd, "request/response server", ns)
 }
 
 // runRRClient runs `twill bench rr-client` in ns against addr for d and returns transactions
