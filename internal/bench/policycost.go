@@ -39,7 +39,7 @@ func policyMeasurements(samples map[string][]time.Duration, c policyConditions) 
 		if len(s) == 0 {
 			continue
 		}
-		cond := fmt.Sprintf("%s; change entering the calculator to nft transaction done (State, render, diff, nft exec); %d samples; %s",
+		cond := fmt.Sprintf("%s; change entering the calculator to nftables transaction done (State, render, diff, netlink transaction); %d samples; %s",
 			changeWhat[kind], len(s), c)
 		for _, p := range []float64{50, 99} {
 			out = append(out, Measurement{Metric: fmt.Sprintf("policy_%s_to_enforced_p%.0f", kind, p),
@@ -61,15 +61,15 @@ func policyMeasurements(samples map[string][]time.Duration, c policyConditions) 
 }
 
 // cpuMeasurements report the CPU time of a change, over every kind: in twill's own code (the
-// calculator, rendering and diffing, knftables) and in nft.
+// calculator, rendering and diffing, the netlink transaction) and in child processes (nft).
 func cpuMeasurements(goCPU, nftCPU []time.Duration, c policyConditions) []Measurement {
 	var out []Measurement
 	for _, x := range []struct {
 		name, what string
 		s          []time.Duration
 	}{
-		{"go", "CPU time (user+system) of this process per change: calculator, State, render, diff, knftables (includes GC)", goCPU},
-		{"nft", "CPU time (user+system) of the nft process per change", nftCPU},
+		{"go", "CPU time (user+system) of this process per change: calculator, State, render, diff, netlink transaction (includes GC)", goCPU},
+		{"nft", "CPU time (user+system) of child processes per change (nft; none, the datapath writes over netlink)", nftCPU},
 	} {
 		for _, p := range []float64{50, 99} {
 			out = append(out, Measurement{Metric: fmt.Sprintf("policy_change_cpu_%s_p%.0f", x.name, p), Value: Millis(Percentile(x.s, p)),

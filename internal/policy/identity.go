@@ -24,6 +24,38 @@ type selectorState struct {
 	sel     identitySelector
 	refs    int // how many policies use it
 	members map[datapath.Identity]bool
+	// sorted caches members in order and description the selector's text, for State: a
+	// change touches a few selectors, and sorting and describing them all on every State
+	// cost more than the change. sorted is valid while sortedValid holds (see setMember).
+	sorted      []datapath.Identity
+	sortedValid bool
+	description string
+}
+
+// setMember adds or removes an identity, invalidating the sorted members.
+func (st *selectorState) setMember(id datapath.Identity, member bool) {
+	if member {
+		st.members[id] = true
+	} else {
+		delete(st.members, id)
+	}
+	st.sortedValid = false
+}
+
+// sortedMembers returns the members in order, in a slice of the caller's.
+func (st *selectorState) sortedMembers() []datapath.Identity {
+	if !st.sortedValid {
+		st.sorted, st.sortedValid = sortedIdentities(st.members), true
+	}
+	return slices.Clone(st.sorted)
+}
+
+// describe returns the selector's text, worked out once.
+func (st *selectorState) describe() string {
+	if st.description == "" {
+		st.description = st.sel.describe()
+	}
+	return st.description
 }
 
 // identityLabels restricts an endpoint's labels to those some selector reads. Labels no
@@ -81,7 +113,7 @@ func (c *Calculator) assignIdentity(es *endpointState) {
 		c.byID[id.id] = id
 		for _, st := range c.selectors {
 			if st.sel.matches(&id.labels) {
-				st.members[id.id] = true
+				st.setMember(id.id, true)
 			}
 		}
 	}
@@ -106,7 +138,7 @@ func (c *Calculator) releaseIdentity(es *endpointState) {
 	delete(c.identities, old.key)
 	delete(c.byID, old.id)
 	for _, st := range c.selectors {
-		delete(st.members, old.id)
+		st.setMember(old.id, false)
 	}
 }
 
@@ -122,7 +154,7 @@ func (c *Calculator) useSelectors(sels map[datapath.SetName]identitySelector) (k
 			keysChanged = addKeys(c.nsKeys, sel.nsSel.keys(), 1) || keysChanged
 			for _, id := range c.byID {
 				if sel.matches(&id.labels) {
-					st.members[id.id] = true
+					st.setMember(id.id, true)
 				}
 			}
 		}

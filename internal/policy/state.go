@@ -39,7 +39,7 @@ func (c *Calculator) State() datapath.PolicyState {
 		}
 	}
 	for name, st := range c.selectors {
-		s.IdentitySets[name] = datapath.IdentitySet{Selector: st.sel.describe(), Members: sortedIdentities(st.members)}
+		s.IdentitySets[name] = datapath.IdentitySet{Selector: st.describe(), Members: st.sortedMembers()}
 	}
 	c.fillRules(&s)
 	return s

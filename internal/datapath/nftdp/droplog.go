@@ -1,7 +1,7 @@
 package nftdp
 
 // Drop logging: every packet the table drops is also sent to nflog (rate-limited), so the
-// agent can publish drop events attributed to the rule that dropped it (see dropVerdict).
+// agent can publish drop events attributed to the rule that dropped it (see dropChain).
 const (
 	// DropLogGroup is the nflog group of twill's drop log; the agent's drop event receiver
 	// binds it in the node's network namespace. ("tw" in ASCII: a number no other nflog user

@@ -248,7 +248,7 @@ func TestFirstApplyReplacesLeftovers(t *testing.T) {
 	if got, want := canonical(fake.Dump()), rebuilt(t, state(c)); got != want {
 		t.Errorf("leftovers survived the first apply:\n%s", lineDiff(got, want))
 	}
-	if tx := lastTransaction(fake); tx[0] != "add table inet twill { comment \""+tableComment+"\" ; }" || tx[1] != "delete table inet twill" {
+	if tx := lastTransaction(fake); tx[0] != "add table inet twill" || tx[1] != "delete table inet twill" {
 		t.Errorf("the first apply does not replace the table in its transaction: starts %q, %q", tx[0], tx[1])
 	}
 }

@@ -34,6 +34,11 @@ func kernelPolicies() []any {
 	udp := func(p int32) networkingv1.NetworkPolicyPort { return port(corev1.ProtocolUDP, intstr.FromInt32(p)) }
 	tcp := func(p int32) networkingv1.NetworkPolicyPort { return port(corev1.ProtocolTCP, intstr.FromInt32(p)) }
 	http := port(corev1.ProtocolTCP, intstr.FromString("http"))
+	tcpRange := func(first, last int32) networkingv1.NetworkPolicyPort {
+		p := tcp(first)
+		p.EndPort = &last
+		return p
+	}
 	ipBlock := func(cidr string, except ...string) networkingv1.NetworkPolicyPeer {
 		return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}}
 	}
@@ -58,6 +63,7 @@ func kernelPolicies() []any {
 				{From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: dev}}, Ports: []networkingv1.NetworkPolicyPort{udp(53)}},
 				{From: []networkingv1.NetworkPolicyPeer{{NamespaceSelector: dev, PodSelector: sel("app", "client")}}}, // every port
 				{From: []networkingv1.NetworkPolicyPeer{ipBlock("2001:db8::/120")}},                                   // every port
+				{From: []networkingv1.NetworkPolicyPeer{{PodSelector: sel("app", "db")}}, Ports: []networkingv1.NetworkPolicyPort{tcpRange(79, 80)}},
 			}
 		}),
 		netpol("prod", "db-egress", sel("app", "db"), func(s *networkingv1.NetworkPolicySpec) {
@@ -282,6 +288,7 @@ func TestKernelEnforcesAsEvaluator(t *testing.T) {
 		{"x1 -> web 80/TCP v6", true, "networkpolicy/prod/web-allow/ingress/1"},  // ipBlock
 		{"x2 -> web 80/TCP v4", false, "default deny"},                           // its except
 		{"db -> web 8080/TCP v4", true, "networkpolicy/prod/db-egress/egress/0"}, // egress named port; its replies pass db's ingress isolation
+		{"db -> web 80/TCP v6", true, "networkpolicy/prod/web-allow/ingress/6"},  // a port range of a peer identity
 		{"web -> db 80/TCP v4", false, "default deny"},                           // db: default-deny pod
 		{"db -> client 80/TCP v4", false, "default deny"},                        // db's egress
 		{"db -> x1 53/UDP v6", true, "networkpolicy/prod/db-egress/egress/1"},

@@ -25,6 +25,38 @@ type setModel struct {
 	interval bool
 	comment  string
 	elems    map[string]element // by joined key
+	// base, when not nil, is the set this one was derived from (see derive), and delta the
+	// keys added, changed or removed since: an update from base looks at those keys alone.
+	// A set is not changed once a render is done, so models may share it.
+	base  *setModel
+	delta map[string]struct{}
+}
+
+// derive returns a copy of s to change with put and remove, which remembers what changed:
+// the large sets (every pod's identity, the flattened NetworkPolicy maps, named ports) change
+// by a few elements an apply, and diffing them whole cost more than the rest of an apply.
+func (s *setModel) derive() *setModel {
+	d := *s
+	d.elems = maps.Clone(s.elems)
+	d.base, d.delta = s, map[string]struct{}{}
+	// s was diffed against its own base when it was applied: dropping that link keeps the
+	// chain of sets short (a derived set's base is only read by the next update).
+	s.base, s.delta = nil, nil
+	return &d
+}
+
+// put adds or replaces an element of a derived set.
+func (s *setModel) put(joined string, e element) {
+	s.elems[joined] = e
+	s.delta[joined] = struct{}{}
+}
+
+// remove deletes an element of a derived set.
+func (s *setModel) remove(joined string) {
+	if _, ok := s.elems[joined]; ok {
+		delete(s.elems, joined)
+		s.delta[joined] = struct{}{}
+	}
 }
 
 type element struct {
@@ -33,9 +65,8 @@ type element struct {
 }
 
 type chainModel struct {
-	hook    *knftables.BaseChainHook // nil for a regular chain
-	comment string
-	rules   []string
+	hook  *knftables.BaseChainHook // nil for a regular chain
+	rules []*rule
 }
 
 func newModel() *model {
@@ -51,171 +82,139 @@ func (m *model) set(name, typ, comment string, interval bool) *setModel {
 	return s
 }
 
-func (m *model) vmap(name, typ, comment string, interval bool) *setModel {
-	s := m.set(name, typ, comment, interval)
-	s.valueTyp = "verdict"
-	return s
-}
-
 func (s *setModel) add(value string, key ...string) {
 	s.elems[strings.Join(key, " . ")] = element{key: key, value: value}
 }
 
-func (m *model) chain(name, comment string) *chainModel {
+func (m *model) chain(name string) *chainModel {
 	c := m.chains[name]
 	if c == nil {
-		c = &chainModel{comment: comment}
+		c = &chainModel{}
 		m.chains[name] = c
 	}
 	return c
 }
 
-func (m *model) baseChain(hook knftables.BaseChainHook, comment string) *chainModel {
-	c := m.chain(string(hook), comment)
+func (m *model) baseChain(hook knftables.BaseChainHook) *chainModel {
+	c := m.chain(string(hook))
 	c.hook = &hook
 	return c
 }
 
-// rule appends a rule made of the non-empty parts.
-func (c *chainModel) rule(parts ...string) {
-	var words []string
-	for _, p := range parts {
-		if p != "" {
-			words = append(words, p)
-		}
-	}
-	c.rules = append(c.rules, strings.Join(words, " "))
-}
+// rule appends a rule.
+func (c *chainModel) rule(r *rule) { c.rules = append(c.rules, r) }
 
 func (s *setModel) sameDefinition(o *setModel) bool {
 	return s.typ == o.typ && s.valueTyp == o.valueTyp && s.interval == o.interval && s.comment == o.comment
 }
 
 func (c *chainModel) sameDefinition(o *chainModel) bool {
-	return (c.hook == nil) == (o.hook == nil) && (c.hook == nil || *c.hook == *o.hook) && c.comment == o.comment
+	return (c.hook == nil) == (o.hook == nil) && (c.hook == nil || *c.hook == *o.hook)
 }
 
-// Objects as knftables spells them.
+// A transaction is planned as a list of ops, independent of how it reaches the kernel: a
+// writer (netlink for the agent, knftables for the golden tests and the comparison with nft)
+// sends the whole list as one transaction, which the kernel applies atomically.
+//
+// The table, its chains and its counters carry no comments: netlink (google/nftables) cannot
+// write them, and both writers must make the same table. The attribution of a rule is the
+// comment of its allow chain's rule and the key PolicyCounters reports its counter under.
+type opKind uint8
 
-func (m *model) counterObject(name string) *knftables.Counter {
-	return &knftables.Counter{Name: name, Comment: knftables.PtrTo(safeComment(m.counters[name]))}
+const (
+	opAddTable opKind = iota
+	opDeleteTable
+	opAddCounter
+	opDeleteCounter
+	opAddSet
+	opDeleteSet
+	opAddChain
+	opFlushChain
+	opDeleteChain
+	opAddRule
+	opAddElement
+	opDeleteElement
+)
+
+type op struct {
+	kind  opKind
+	name  string      // the counter, set or chain the op is about
+	set   *setModel   // sets and elements: the set's definition
+	chain *chainModel // opAddChain
+	rule  *rule       // opAddRule
+	elem  element     // opAddElement, opDeleteElement
 }
 
-// safeComment fits text into an nft comment: nft's quoted strings know no escapes, and
-// comments are short.
-func safeComment(s string) string {
-	s = strings.Map(func(r rune) rune {
-		if r == '"' || r == '\\' || r < ' ' {
-			return '\''
-		}
-		return r
-	}, s)
-	for len(s) > knftables.CommentLengthMax {
-		_, size := utf8.DecodeLastRuneInString(s)
-		s = s[:len(s)-size]
-	}
-	return s
-}
-
-func (s *setModel) object(name string) knftables.Object {
-	var flags []knftables.SetFlag
-	if s.interval {
-		flags = []knftables.SetFlag{knftables.IntervalFlag}
-	}
-	var comment *string
-	if s.comment != "" {
-		comment = knftables.PtrTo(safeComment(s.comment))
-	}
-	if s.valueTyp != "" {
-		return &knftables.Map{Name: name, Type: s.typ + " : " + s.valueTyp, Flags: flags, Comment: comment}
-	}
-	return &knftables.Set{Name: name, Type: s.typ, Flags: flags, Comment: comment}
-}
-
-func (s *setModel) elementObject(name string, e element) *knftables.Element {
-	if s.valueTyp != "" {
-		return &knftables.Element{Map: name, Key: e.key, Value: []string{e.value}}
-	}
-	return &knftables.Element{Set: name, Key: e.key}
-}
-
-func (c *chainModel) object(name string) *knftables.Chain {
-	ch := &knftables.Chain{Name: name}
-	if c.comment != "" {
-		ch.Comment = knftables.PtrTo(safeComment(c.comment))
-	}
-	if c.hook != nil {
-		ch.Type = knftables.PtrTo(knftables.FilterType)
-		ch.Hook = c.hook
-		ch.Priority = knftables.PtrTo(knftables.FilterPriority)
-		ch.Policy = knftables.PtrTo(knftables.AcceptPolicy)
-	}
-	return ch
-}
-
-// rebuild writes a transaction that replaces whatever table twill had by m. Deleting and
+// rebuild plans a transaction that replaces whatever table twill had by m. Deleting and
 // re-creating the table in the same transaction is atomic: packets see the old table until
 // the new one is complete, so policy is never missing (and nothing left over from an older
-// version or a crash survives).
-func (m *model) rebuild(tx *knftables.Transaction) {
-	table := &knftables.Table{Comment: knftables.PtrTo(tableComment)}
-	tx.Add(table)
-	tx.Delete(&knftables.Table{})
-	tx.Add(table)
+// version or a crash survives). Adding the table first makes the delete succeed when there
+// was none.
+func (m *model) rebuild() []op {
+	ops := []op{{kind: opAddTable}, {kind: opDeleteTable}, {kind: opAddTable}}
 	for _, name := range sortedKeys(m.counters) {
-		tx.Add(m.counterObject(name))
+		ops = append(ops, op{kind: opAddCounter, name: name})
 	}
 	for _, name := range sortedKeys(m.sets) {
-		tx.Add(m.sets[name].object(name))
+		ops = append(ops, op{kind: opAddSet, name: name, set: m.sets[name]})
 	}
 	// Chains exist before any rule or verdict-map element refers to them.
 	for _, name := range sortedKeys(m.chains) {
-		tx.Add(m.chains[name].object(name))
+		ops = append(ops, op{kind: opAddChain, name: name, chain: m.chains[name]})
 	}
 	for _, name := range sortedKeys(m.chains) {
 		for _, r := range m.chains[name].rules {
-			tx.Add(&knftables.Rule{Chain: name, Rule: r})
+			ops = append(ops, op{kind: opAddRule, name: name, rule: r})
 		}
 	}
 	for _, name := range sortedKeys(m.sets) {
 		s := m.sets[name]
 		for _, k := range sortedKeys(s.elems) {
-			tx.Add(s.elementObject(name, s.elems[k]))
+			ops = append(ops, op{kind: opAddElement, name: name, set: s, elem: s.elems[k]})
 		}
 	}
+	return ops
 }
 
-// update writes the transaction that turns the table from old into m, touching only what
+// update plans the transaction that turns the table from old into m, touching only what
 // differs: set elements one by one, and chains whose rules changed (flushed and rewritten
 // whole, in the same transaction). ok is false when an object changed its definition, which
 // only a rebuild can do.
-func (m *model) update(old *model, tx *knftables.Transaction) (ok bool) {
+func (m *model) update(old *model) (ops []op, ok bool) {
 	for name, s := range m.sets {
 		if o := old.sets[name]; o != nil && !o.sameDefinition(s) {
-			return false
+			return nil, false
 		}
 	}
 	for name, c := range m.chains {
 		if o := old.chains[name]; o != nil && !o.sameDefinition(c) {
-			return false
+			return nil, false
 		}
 	}
+	add := func(o op) { ops = append(ops, o) }
+
+	// Only the names that need an op are sorted (for a stable transaction): a table holds
+	// thousands of chains and counters, a change touches a few.
+	newCounters := sortedWhere(m.counters, func(name string, _ string) bool { _, had := old.counters[name]; return !had })
+	goneCounters := sortedWhere(old.counters, func(name string, _ string) bool { _, keep := m.counters[name]; return !keep })
+	newSets := sortedWhere(m.sets, func(name string, _ *setModel) bool { return old.sets[name] == nil })
+	goneSets := sortedWhere(old.sets, func(name string, _ *setModel) bool { return m.sets[name] == nil })
+	newChains := sortedWhere(m.chains, func(name string, _ *chainModel) bool { return old.chains[name] == nil })
+	goneChains := sortedWhere(old.chains, func(name string, _ *chainModel) bool { return m.chains[name] == nil })
+	changedChains := sortedWhere(m.chains, func(name string, c *chainModel) bool {
+		o := old.chains[name]
+		return o == nil || (o != c && !sameRules(o.rules, c.rules))
+	})
 
 	// 1. New objects, empty, so that anything below may refer to them.
-	for _, name := range sortedKeys(m.counters) {
-		if _, ok := old.counters[name]; !ok {
-			tx.Add(m.counterObject(name))
-		}
+	for _, name := range newCounters {
+		add(op{kind: opAddCounter, name: name})
 	}
-	for _, name := range sortedKeys(m.sets) {
-		if old.sets[name] == nil {
-			tx.Add(m.sets[name].object(name))
-		}
+	for _, name := range newSets {
+		add(op{kind: opAddSet, name: name, set: m.sets[name]})
 	}
-	for _, name := range sortedKeys(m.chains) {
-		if old.chains[name] == nil {
-			tx.Add(m.chains[name].object(name))
-		}
+	for _, name := range newChains {
+		add(op{kind: opAddChain, name: name, chain: m.chains[name]})
 	}
 	// 2. Elements that go or change value, before the chains they may point to go. Only the
 	// elements that differ are sorted (for a stable transaction): a table holds tens of
@@ -223,9 +222,24 @@ func (m *model) update(old *model, tx *knftables.Transaction) (ok bool) {
 	var gone, come []elementRef
 	for name, s := range m.sets {
 		o := old.sets[name]
-		if o == nil {
+		switch {
+		case o == s: // the same set: nothing changed
+			continue
+		case o == nil:
 			for k := range s.elems {
 				come = append(come, elementRef{name, k})
+			}
+			continue
+		case s.base == o:
+			for k := range s.delta {
+				oe, had := o.elems[k]
+				e, has := s.elems[k]
+				if had && (!has || e.value != oe.value) {
+					gone = append(gone, elementRef{name, k})
+				}
+				if has && (!had || e.value != oe.value) {
+					come = append(come, elementRef{name, k})
+				}
 			}
 			continue
 		}
@@ -244,49 +258,37 @@ func (m *model) update(old *model, tx *knftables.Transaction) (ok bool) {
 	sortElementRefs(come)
 	for _, r := range gone {
 		o := old.sets[r.set]
-		tx.Delete(o.elementObject(r.set, o.elems[r.key]))
+		add(op{kind: opDeleteElement, name: r.set, set: o, elem: o.elems[r.key]})
 	}
 	// 3. Chains whose rules changed.
-	for _, name := range sortedKeys(m.chains) {
-		c, o := m.chains[name], old.chains[name]
-		if o != nil && slices.Equal(o.rules, c.rules) {
-			continue
+	for _, name := range changedChains {
+		if old.chains[name] != nil {
+			add(op{kind: opFlushChain, name: name})
 		}
-		if o != nil {
-			tx.Flush(&knftables.Chain{Name: name})
-		}
-		for _, r := range c.rules {
-			tx.Add(&knftables.Rule{Chain: name, Rule: r})
+		for _, r := range m.chains[name].rules {
+			add(op{kind: opAddRule, name: name, rule: r})
 		}
 	}
 	// 4. Elements that come or change value.
 	for _, r := range come {
 		s := m.sets[r.set]
-		tx.Add(s.elementObject(r.set, s.elems[r.key]))
+		add(op{kind: opAddElement, name: r.set, set: s, elem: s.elems[r.key]})
 	}
 	// 5. Objects that go, now that no rule or element refers to them: chains emptied first,
 	// as one removed chain may jump to another.
-	for _, name := range sortedKeys(old.chains) {
-		if m.chains[name] == nil {
-			tx.Flush(&knftables.Chain{Name: name})
-		}
+	for _, name := range goneChains {
+		add(op{kind: opFlushChain, name: name})
 	}
-	for _, name := range sortedKeys(old.sets) {
-		if m.sets[name] == nil {
-			tx.Delete(old.sets[name].object(name))
-		}
+	for _, name := range goneSets {
+		add(op{kind: opDeleteSet, name: name, set: old.sets[name]})
 	}
-	for _, name := range sortedKeys(old.chains) {
-		if m.chains[name] == nil {
-			tx.Delete(&knftables.Chain{Name: name})
-		}
+	for _, name := range goneChains {
+		add(op{kind: opDeleteChain, name: name})
 	}
-	for _, name := range sortedKeys(old.counters) {
-		if _, keep := m.counters[name]; !keep {
-			tx.Delete(&knftables.Counter{Name: name})
-		}
+	for _, name := range goneCounters {
+		add(op{kind: opDeleteCounter, name: name})
 	}
-	return true
+	return ops, true
 }
 
 // elementRef names one element of a set.
@@ -298,6 +300,34 @@ func sortElementRefs(refs []elementRef) {
 	})
 }
 
+// sortedWhere returns the keys of m for which keep holds, sorted.
+func sortedWhere[V any](m map[string]V, keep func(string, V) bool) []string {
+	var out []string
+	for k, v := range m {
+		if keep(k, v) {
+			out = append(out, k)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 func sortedKeys[V any](m map[string]V) []string {
 	return slices.Sorted(maps.Keys(m))
+}
+
+// safeComment fits text into an nft comment: nft's quoted strings know no escapes, and
+// comments are short. Both writers write comments through it.
+func safeComment(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r == '"' || r == '\\' || r < ' ' {
+			return '\''
+		}
+		return r
+	}, s)
+	for len(s) > knftables.CommentLengthMax {
+		_, size := utf8.DecodeLastRuneInString(s)
+		s = s[:len(s)-size]
+	}
+	return s
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"regexp"
 
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
 	"github.com/twill-net/twill/internal/datapath"
@@ -16,8 +17,6 @@ const (
 	TableFamily = knftables.InetFamily
 	TableName   = "twill"
 )
-
-const tableComment = "twill network policy: rebuilt by the twill agent, do not edit"
 
 // Chain names. Base chains are named after their hook.
 const (
@@ -40,11 +39,17 @@ type family struct {
 	nfproto  string // meta nfproto value
 	addrType string // set key type
 	all      netip.Prefix
+	// The kernel's view: the nfproto number, where the source address is in the network
+	// header (the destination follows it) and how long an address is.
+	nfprotoNum           byte
+	saddrOffset, addrLen uint32
 }
 
 var (
-	ipv4     = family{suffix: "4", addr: "ip", nfproto: "ipv4", addrType: "ipv4_addr", all: netip.MustParsePrefix("0.0.0.0/0")}
-	ipv6     = family{suffix: "6", addr: "ip6", nfproto: "ipv6", addrType: "ipv6_addr", all: netip.MustParsePrefix("::/0")}
+	ipv4 = family{suffix: "4", addr: "ip", nfproto: "ipv4", addrType: "ipv4_addr", all: netip.MustParsePrefix("0.0.0.0/0"),
+		nfprotoNum: unix.NFPROTO_IPV4, saddrOffset: 12, addrLen: 4}
+	ipv6 = family{suffix: "6", addr: "ip6", nfproto: "ipv6", addrType: "ipv6_addr", all: netip.MustParsePrefix("::/0"),
+		nfprotoNum: unix.NFPROTO_IPV6, saddrOffset: 8, addrLen: 16}
 	families = []family{ipv4, ipv6}
 )
 
@@ -82,6 +87,11 @@ func tierChain(d datapath.Direction, f family, tier datapath.Tier) string {
 		return directionChain(d, f) + "-baseline"
 	}
 	return directionChain(d, f) + "-np"
+}
+
+// npRestChain holds the NetworkPolicy tier's lookups after the peer's port ranges.
+func npRestChain(d datapath.Direction, f family) string {
+	return tierChain(d, f, datapath.TierNetworkPolicy) + "-rest"
 }
 
 // Sets every state has.

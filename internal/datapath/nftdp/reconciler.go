@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
 
 	"github.com/twill-net/twill/internal/datapath"
@@ -14,7 +15,7 @@ import (
 // Reconciler keeps twill's nftables table enforcing the latest PolicyState on one node's
 // pods. It is safe for concurrent use; applies are serialized.
 type Reconciler struct {
-	nft      knftables.Interface
+	w        writer
 	nodeName string
 	log      *slog.Logger
 
@@ -42,22 +43,29 @@ var (
 
 // New returns a reconciler for the node named nodeName that writes through nft, which must
 // be bound to TableFamily and TableName (knftables.NewFake(TableFamily, TableName) in tests).
-// The node name picks the local pods out of a state: those whose endpoint's Node is it.
+// The node name picks the local pods out of a state: those whose endpoint's Node is it. The
+// agent uses NewKernel.
 func New(nft knftables.Interface, nodeName string, log *slog.Logger) *Reconciler {
+	return newReconciler(knftWriter{nft: nft}, nodeName, log)
+}
+
+// NewKernel returns a reconciler writing over netlink to the kernel of the network namespace
+// the calling thread is in when NewKernel is called.
+func NewKernel(nodeName string, log *slog.Logger) (*Reconciler, error) {
+	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("opening the network namespace: %w", err)
+	}
+	// The descriptor stays open for the reconciler's life: every transaction opens its
+	// socket in that namespace, whichever thread runs it.
+	return newReconciler(newNetlinkWriter(fd), nodeName, log), nil
+}
+
+func newReconciler(w writer, nodeName string, log *slog.Logger) *Reconciler {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Reconciler{nft: nft, nodeName: nodeName, log: log, cache: newRenderCache()}
-}
-
-// NewKernel returns a reconciler writing to the kernel of the calling thread's network
-// namespace through the nft binary.
-func NewKernel(nodeName string, log *slog.Logger) (*Reconciler, error) {
-	nft, err := knftables.New(TableFamily, TableName)
-	if err != nil {
-		return nil, fmt.Errorf("nftables: %w", err)
-	}
-	return New(nft, nodeName, log), nil
+	return &Reconciler{w: w, nodeName: nodeName, log: log, cache: newRenderCache()}
 }
 
 // ApplyPolicy makes the table enforce s. The first apply (and any after a failure) replaces
@@ -69,13 +77,13 @@ func (r *Reconciler) ApplyPolicy(ctx context.Context, s *datapath.PolicyState) e
 	defer r.mu.Unlock()
 	want := render(s, r.nodeName, r.cache)
 	if r.applied != nil {
-		tx := r.nft.NewTransaction()
-		if want.update(r.applied, tx) {
-			if tx.NumOperations() == 0 {
+		if ops, ok := want.update(r.applied); ok {
+			if len(ops) == 0 {
 				r.stats.Unchanged++
+				r.applied = want // the same content; the next render derives from its sets
 				return nil
 			}
-			err := r.nft.Run(ctx, tx)
+			err := r.w.write(ctx, ops)
 			if err == nil {
 				r.stats.Updates++
 				r.applied = want
@@ -86,9 +94,7 @@ func (r *Reconciler) ApplyPolicy(ctx context.Context, s *datapath.PolicyState) e
 		}
 		r.applied = nil
 	}
-	tx := r.nft.NewTransaction()
-	want.rebuild(tx)
-	if err := r.nft.Run(ctx, tx); err != nil {
+	if err := r.w.write(ctx, want.rebuild()); err != nil {
 		r.stats.Failures++
 		return fmt.Errorf("rebuild nftables table %s %s: %w", TableFamily, TableName, err)
 	}
@@ -113,27 +119,15 @@ func (r *Reconciler) PolicyCounters(ctx context.Context) (map[string]datapath.Po
 		keys = r.applied.counters
 	}
 	r.mu.Unlock()
-	counters, err := r.nft.ListCounters(ctx)
+	counters, err := r.w.counters(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("list counters of nftables table %s: %w", TableName, err)
 	}
 	out := make(map[string]datapath.PolicyCounter, len(counters))
-	for _, c := range counters {
-		if c == nil { // knftables' fake lists some
-			continue
+	for name, c := range counters {
+		if key, ok := keys[name]; ok {
+			out[key] = datapath.PolicyCounter{Packets: c.packets, Bytes: c.bytes}
 		}
-		key, ok := keys[c.Name]
-		if !ok {
-			continue
-		}
-		var v datapath.PolicyCounter
-		if c.Packets != nil {
-			v.Packets = *c.Packets
-		}
-		if c.Bytes != nil {
-			v.Bytes = *c.Bytes
-		}
-		out[key] = v
 	}
 	return out, nil
 }

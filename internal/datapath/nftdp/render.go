@@ -59,10 +59,19 @@ func render(s *datapath.PolicyState, nodeName string, cache *renderCache) *model
 	for f := range b.local {
 		slices.SortFunc(b.local[f], func(a, b localPod) int { return a.addr.Compare(b.addr) })
 	}
+	// Named ports are looked up for local pods only (ingress rules name the local pod's).
+	isLocal := map[netip.Addr]bool{}
+	for _, pods := range b.local {
+		for _, p := range pods {
+			isLocal[p.addr] = true
+		}
+	}
 	for name, entries := range s.NamedPorts {
 		byAddr := map[netip.Addr][]datapath.NamedPortEntry{}
 		for _, e := range entries {
-			byAddr[e.Addr] = append(byAddr[e.Addr], e)
+			if isLocal[e.Addr] {
+				byAddr[e.Addr] = append(byAddr[e.Addr], e)
+			}
 		}
 		b.namedPorts[name] = byAddr
 		b.namedPortNames = append(b.namedPortNames, name)
@@ -72,6 +81,7 @@ func render(s *datapath.PolicyState, nodeName string, cache *renderCache) *model
 	b.m.counters[counterOwnNode] = datapath.CounterOwnNode
 	b.m.counters[counterInvalid] = datapath.CounterInvalid
 	b.baseChains()
+	b.identityMaps()
 	for _, f := range families {
 		b.membership(f)
 		b.podsChain(f)
@@ -89,17 +99,24 @@ func render(s *datapath.PolicyState, nodeName string, cache *renderCache) *model
 // other first packet goes to the family's pods chain.
 func (b *builder) baseChains() {
 	for _, hook := range []knftables.BaseChainHook{knftables.ForwardHook, knftables.InputHook, knftables.OutputHook} {
-		c := b.m.baseChain(hook, "first packets to or from this node's pods go through policy")
-		c.rule("ct state established,related accept")
-		c.rule("icmpv6 type { nd-router-solicit, nd-router-advert, nd-neighbor-solicit, nd-neighbor-advert, nd-redirect } accept")
+		c := b.m.baseChain(hook)
+		c.rule(newRule().ctState("established,related", ctStateEstablished|ctStateRelated).accept())
+		c.rule(newRule().icmpv6ND().accept())
 		for _, f := range families {
-			c.rule("meta nfproto", f.nfproto, "jump", podsChain(f))
+			c.rule(newRule().nfproto(f).jump(podsChain(f)))
 		}
 	}
 }
 
-// membership renders the sets every state has: this node's pods, this node's own
-// addresses, and the identity of every pod address in the cluster.
+// Conntrack state bits, as the kernel keeps them (nf_conntrack_common.h).
+const (
+	ctStateInvalid     = 1
+	ctStateEstablished = 2
+	ctStateRelated     = 4
+)
+
+// membership renders the sets every state has: this node's pods and this node's own
+// addresses (identityMaps renders the identity of every pod address in the cluster).
 func (b *builder) membership(f family) {
 	local := b.m.set(localSet(f), f.addrType, "pods on this node", false)
 	for _, p := range b.local[f] {
@@ -111,24 +128,17 @@ func (b *builder) membership(f family) {
 			own.add("", addr.String())
 		}
 	}
-	ids := b.m.set(identityMap(f), f.addrType, "pod address to identity, every pod of the cluster", false)
-	ids.valueTyp = "mark"
-	for addr, ep := range b.s.Endpoints {
-		if familyOf(addr) == f {
-			ids.add(identityValue(ep.Identity), addr.String())
-		}
-	}
 }
 
 // podsChain sends a first packet to the egress chain when it leaves a local pod and to the
 // ingress chain when it enters one (both, in that order, between two local pods). Each
 // returns when its direction allows the packet and drops it otherwise.
 func (b *builder) podsChain(f family) {
-	c := b.m.chain(podsChain(f), "")
-	c.rule(f.addr, "saddr !=", "@"+localSet(f), f.addr, "daddr !=", "@"+localSet(f), "return")
-	c.rule("ct state invalid", b.dropVerdict(counterInvalid))
-	c.rule(f.addr, "saddr", "@"+localSet(f), "jump", directionChain(datapath.Egress, f))
-	c.rule(f.addr, "daddr", "@"+localSet(f), "jump", directionChain(datapath.Ingress, f))
+	c := b.m.chain(podsChain(f))
+	c.rule(newRule().addrIn(f, "saddr", localSet(f), true).addrIn(f, "daddr", localSet(f), true).ret())
+	c.rule(newRule().ctState("invalid", ctStateInvalid).goTo(b.dropChain(counterInvalid)))
+	c.rule(newRule().addrIn(f, "saddr", localSet(f), false).jump(directionChain(datapath.Egress, f)))
+	c.rule(newRule().addrIn(f, "daddr", localSet(f), false).jump(directionChain(datapath.Ingress, f)))
 }
 
 // direction renders one direction's chains. The peer's identity is looked up once and kept
@@ -137,13 +147,13 @@ func (b *builder) podsChain(f family) {
 // The tiers are chained with goto, so a rule's "return" leaves the direction allowing the
 // packet, "drop" ends it, and Pass moves on to the next tier.
 func (b *builder) direction(d datapath.Direction, f family) {
-	c := b.m.chain(directionChain(d, f), "")
+	c := b.m.chain(directionChain(d, f))
 	if d == datapath.Ingress {
-		c.rule(f.addr, "saddr", "@"+ownNodeSet(f), "counter name", counterOwnNode, "return")
+		c.rule(newRule().addrIn(f, "saddr", ownNodeSet(f), false).counter(counterOwnNode).ret())
 	}
-	c.rule("ct mark set 0")
-	c.rule("ct mark set", f.addr, peerField(d), "map", "@"+identityMap(f))
-	c.rule("goto", tierChain(d, f, datapath.TierAdmin))
+	c.rule(newRule().ctMarkSetZero())
+	c.rule(newRule().ctMarkSetMap(f, peerField(d), identityMap(f)))
+	c.rule(newRule().goTo(tierChain(d, f, datapath.TierAdmin)))
 
 	rules := b.s.Rules(d)
 	b.orderedTier(d, f, datapath.TierAdmin, rules.Admin)
@@ -196,21 +206,6 @@ func (b *builder) cidrSet(n datapath.SetName, f family) string {
 	for _, p := range b.s.CIDRSets[n].Prefixes {
 		if familyOf(p.Addr()) == f {
 			set.add("", formatAddrs(prefixSpan(p, 0), f))
-		}
-	}
-	return name
-}
-
-// namedPortSet renders every (address . protocol . port) of pods declaring a port name.
-func (b *builder) namedPortSet(port string, f family) string {
-	name := namedPortSet(port, f)
-	if b.m.sets[name] != nil {
-		return name
-	}
-	set := b.m.set(name, f.addrType+" . inet_proto . inet_service", "pods' ports named "+port, false)
-	for _, e := range b.s.NamedPorts[port] {
-		if familyOf(e.Addr) == f {
-			set.add("", e.Addr.String(), protocolName(e.Protocol), strconv.Itoa(int(e.Port)))
 		}
 	}
 	return name

@@ -35,6 +35,9 @@ type renderCache struct {
 	setsChanged  map[datapath.SetName]bool
 	usedNames    map[datapath.Attribution]ruleNames
 	usedFlat     map[flatKey]*podFlat
+
+	// reused holds the large sets of the last render (render_reuse.go).
+	reused reusedSets
 }
 
 // ruleNames are the names of one rule's objects.
@@ -42,6 +45,9 @@ type ruleNames struct {
 	id      string // Attribution.ID()
 	allow   string // its allow chain
 	counter string // its counter
+	// allowChain is the allow chain's content, one rule: count, return. Models share it (a
+	// chain is not changed once rendered).
+	allowChain *chainModel
 }
 
 type flatKey struct {
@@ -59,11 +65,13 @@ type podFlat struct {
 	// changes, only pods whose rules differ are flattened again.
 	rules []datapath.Rule
 	elems []flatElement
+	// chains are the port-range chains its idrange elements point to, by name.
+	chains map[string]*chainModel
 }
 
-// flatElement is one element of one of the four NetworkPolicy maps.
+// flatElement is one element of one of the five NetworkPolicy maps.
 type flatElement struct {
-	kind   string // idport, id, netport or net
+	kind   string // idport, idrange, id, netport or net
 	joined string // the key as the model indexes it
 	e      element
 }
@@ -140,6 +148,9 @@ func (c *renderCache) ruleNames(a datapath.Attribution) ruleNames {
 		n.id = a.ID()
 		hash := shortHash(n.id)
 		n.allow, n.counter = allowChain(hash), ruleCounter(hash)
+		r := newRule().counter(n.counter).ret()
+		r.comment = n.id
+		n.allowChain = &chainModel{rules: []*rule{r}}
 	}
 	c.usedNames[a] = n
 	return n

@@ -9,16 +9,23 @@ import (
 )
 
 // The NetworkPolicy tier has no order (its rules only allow), so it is flattened: for every
-// local pod the tier isolates, what its rules allow is written as elements of four verdict
+// local pod the tier isolates, what its rules allow is written as elements of five verdict
 // maps, looked up by
 //
-//	idport  local address . peer identity . protocol . port range
+//	idport  local address . peer identity . protocol . port        (one port)
+//	idrange local address . peer identity . protocol  -> the identity's port ranges
 //	id      local address . peer identity                          (rules for every port)
 //	netport local address . peer address range . protocol . port range
 //	net     local address . peer address range                     (rules for every port)
 //
 // each element pointing to the allow chain of the earliest rule that allows it, which counts
-// and returns. Four lookups decide the tier whatever the number of pods or policies. Keying by
+// and returns; idrange's elements point to a chain of the peer's port ranges (rangeChain),
+// which goes on to the rest of the tier when no range holds the port. Five lookups (and a
+// few range tests) decide the tier whatever the number of pods or policies. The pieces of
+// one identity's ports are disjoint, so a packet matches at most one of them. Maps keyed by
+// identity are hash maps, where the kernel adds and deletes an element at a cost that does
+// not depend on the map's size; only the maps of address ranges are interval maps (pipapo),
+// where each change costs time that grows with the whole map. Keying by
 // the local pod's address rather than its identity keeps the local identity out of a
 // register (the ct mark holds the peer's) and resolves named ports of ingress rules per pod.
 //
@@ -27,35 +34,38 @@ import (
 // pods x cluster pods elements): each gets its own rule, with a set of (local address . peer)
 // pairs and the cluster-wide set of the named port. Those rules depend on the policies only.
 func (b *builder) networkPolicyTier(d datapath.Direction, f family, rules *datapath.DirectionPolicy) {
-	c := b.m.chain(tierChain(d, f, datapath.TierNetworkPolicy), "")
-	local := f.addr + " " + localField(d)
-	peer := f.addr + " " + peerField(d)
-	c.rule(local, "!=", "@"+b.subjectSet(rules.Isolated, f), "goto", tierChain(d, f, datapath.TierBaseline))
+	c := b.m.chain(tierChain(d, f, datapath.TierNetworkPolicy))
+	c.rule(newRule().addrIn(f, localField(d), b.subjectSet(rules.Isolated, f), true).goTo(tierChain(d, f, datapath.TierBaseline)))
 
-	idPortMap := b.m.vmap(npMap(d, f, "idport"), f.addrType+" . mark . inet_proto . inet_service", "", true)
-	idMap := b.m.vmap(npMap(d, f, "id"), f.addrType+" . mark", "", false)
-	netPortMap := b.m.vmap(npMap(d, f, "netport"), f.addrType+" . "+f.addrType+" . inet_proto . inet_service", "", true)
-	netMap := b.m.vmap(npMap(d, f, "net"), f.addrType+" . "+f.addrType, "", true)
-	c.rule(local, ". ct mark . meta l4proto . th dport vmap", "@"+npMap(d, f, "idport"))
-	c.rule(local, ". ct mark vmap", "@"+npMap(d, f, "id"))
-	c.rule(local, ".", peer, ". meta l4proto . th dport vmap", "@"+npMap(d, f, "netport"))
-	c.rule(local, ".", peer, "vmap", "@"+npMap(d, f, "net"))
+	local, peer := fieldSaddr, fieldDaddr
+	if d == datapath.Ingress {
+		local, peer = fieldDaddr, fieldSaddr
+	}
+	c.rule(newRule().concat(f, []keyField{local, fieldCtMark, fieldL4proto, fieldDport}, npMap(d, f, "idport"), true, false))
+	c.rule(newRule().concat(f, []keyField{local, fieldCtMark, fieldL4proto}, npMap(d, f, "idrange"), true, false))
+	c.rule(newRule().goTo(npRestChain(d, f)))
+	// The rest of the tier: port ranges of peer identities (rangeChain) come back here.
+	c = b.m.chain(npRestChain(d, f))
+	c.rule(newRule().concat(f, []keyField{local, fieldCtMark}, npMap(d, f, "id"), true, false))
+	c.rule(newRule().concat(f, []keyField{local, peer, fieldL4proto, fieldDport}, npMap(d, f, "netport"), true, true))
+	c.rule(newRule().concat(f, []keyField{local, peer}, npMap(d, f, "net"), true, true))
 
 	allow := make([]string, len(rules.NetworkPolicy))
 	for i, r := range rules.NetworkPolicy {
 		n := b.cache.ruleNames(r.Attribution)
 		allow[i] = "goto " + n.allow
 		if b.m.chains[n.allow] == nil { // shared by both families
-			b.m.chain(n.allow, n.id).rule("counter name", b.counter(r.Attribution), "return")
+			b.m.chains[n.allow] = n.allowChain
+			b.m.counters[n.counter] = n.id
 		}
 		if d == datapath.Egress {
 			b.egressNamedPortRules(c, f, r)
 		}
 	}
-	c.rule(b.dropVerdict(defaultDenyCounter(d)))
+	c.rule(newRule().goTo(b.dropChain(defaultDenyCounter(d))))
 	b.m.counters[defaultDenyCounter(d)] = datapath.DefaultDenyCounter(d)
 
-	maps := map[string]*setModel{"idport": idPortMap, "id": idMap, "netport": netPortMap, "net": netMap}
+	pods := map[netip.Addr]*podFlat{}
 	isolated := b.members[rules.Isolated]
 	// Rule indexes by local identity: needed when the rules changed (to tell which pods' rules
 	// did), and otherwise made on the first pod whose elements must be computed.
@@ -78,9 +88,15 @@ func (b *builder) networkPolicyTier(d datapath.Direction, f family, rules *datap
 			pf.ports = ports
 			b.cache.storeFlat(key, pf)
 		}
-		for _, e := range pf.elems {
-			maps[e.kind].elems[e.joined] = e.e
+		pods[p.addr] = pf
+		for name, ch := range pf.chains {
+			if b.m.chains[name] == nil {
+				b.m.chains[name] = ch
+			}
 		}
+	}
+	for kind, set := range b.npMapsOf(d, f, pods) {
+		b.m.sets[npMap(d, f, kind)] = set
 	}
 }
 
@@ -116,12 +132,24 @@ func (b *builder) flattenPod(d datapath.Direction, f family, p localPod, rules [
 	for _, k := range fl.idOrder {
 		add("id", allow[fl.idAny[k]], a, identityValue(k))
 	}
+	rest := npRestChain(d, f)
 	for _, k := range fl.idPortOrder {
+		id := identityValue(k.id)
+		var ranges []span
 		for _, s := range partition(fl.idPort[k]) {
-			// The identity as a one-value range: nft 1.0.6 cannot delete an element of an
-			// interval concatenation whose mark is written as a single value.
-			id := identityValue(k.id)
-			add("idport", allow[s.rank], a, id+"-"+id, protocolName(k.proto), formatPorts(s))
+			if s.lo == s.hi {
+				add("idport", allow[s.rank], a, id, protocolName(k.proto), formatPorts(s))
+			} else {
+				ranges = append(ranges, s)
+			}
+		}
+		if len(ranges) > 0 {
+			name, chain := b.rangeChain(ranges, allow, rest)
+			if pf.chains == nil {
+				pf.chains = map[string]*chainModel{}
+			}
+			pf.chains[name] = chain
+			add("idrange", "goto "+name, a, id, protocolName(k.proto))
 		}
 	}
 	for _, s := range partition(fl.net) {
@@ -135,6 +163,25 @@ func (b *builder) flattenPod(d datapath.Direction, f family, p localPod, rules [
 	slices.Sort(pf.read)
 	pf.read = slices.Compact(pf.read)
 	return pf
+}
+
+// rangeChain returns the chain that sends a packet to the allow chain of the port range
+// holding its destination port, or, when none does, on to the rest of the tier; it is named
+// after its content, so every pod and peer with the same ranges shares it. (A map keyed by
+// port ranges would be an interval concatenation, in which the kernel deletes an element at
+// a cost that grows with the whole map: a pod's removal took tens of milliseconds.)
+func (b *builder) rangeChain(ranges []span, allow []string, rest string) (string, *chainModel) {
+	c := &chainModel{}
+	var text strings.Builder
+	for _, s := range ranges {
+		r := newRule().dportRange(uint16(s.lo.lo), uint16(s.hi.lo)).goTo(strings.TrimPrefix(allow[s.rank], "goto "))
+		c.rules = append(c.rules, r)
+		text.WriteString(r.String())
+		text.WriteByte('\n')
+	}
+	c.rules = append(c.rules, newRule().goTo(rest))
+	text.WriteString(rest)
+	return "ports-" + shortHash(text.String()), c
 }
 
 // flattened collects what one local pod's rules allow, with the index of the rule (its
@@ -264,7 +311,7 @@ func (b *builder) egressNamedPortRules(c *chainModel, f family, r datapath.Rule)
 			subjects = append(subjects, p.addr)
 		}
 	}
-	var lookups []string
+	var lookups []func(*rule)
 	if hasIDs {
 		name := namedRuleSet(r.Attribution, f, "id")
 		set := b.m.set(name, f.addrType+" . mark", r.ID(), false)
@@ -275,7 +322,7 @@ func (b *builder) egressNamedPortRules(c *chainModel, f family, r datapath.Rule)
 				}
 			}
 		}
-		lookups = append(lookups, f.addr+" saddr . ct mark @"+name)
+		lookups = append(lookups, func(x *rule) { x.concat(f, []keyField{fieldSaddr, fieldCtMark}, name, false, false) })
 	}
 	if hasNets {
 		name := namedRuleSet(r.Attribution, f, "net")
@@ -300,17 +347,18 @@ func (b *builder) egressNamedPortRules(c *chainModel, f family, r datapath.Rule)
 				set.add("", a.String(), formatAddrs(n, f))
 			}
 		}
-		lookups = append(lookups, f.addr+" saddr . "+f.addr+" daddr @"+name)
+		lookups = append(lookups, func(x *rule) { x.concat(f, []keyField{fieldSaddr, fieldDaddr}, name, false, true) })
 	}
-	slices.Sort(lookups)
+	// The identities' rules first: "ip saddr . ct mark" sorts before "ip saddr . ip daddr".
 	for _, lookup := range lookups {
 		for _, pm := range named {
-			proto := ""
+			x := newRule()
+			lookup(x)
 			if pm.Protocol != 0 {
-				proto = "meta l4proto " + protocolName(pm.Protocol)
+				x.l4proto(protocolName(pm.Protocol))
 			}
-			c.rule(lookup, proto, f.addr, "daddr . meta l4proto . th dport @"+b.namedPortSet(pm.NamedPort, f),
-				"goto", b.cache.ruleNames(r.Attribution).allow)
+			x.concat(f, []keyField{fieldDaddr, fieldL4proto, fieldDport}, b.namedPortSet(pm.NamedPort, f), false, false)
+			c.rule(x.goTo(b.cache.ruleNames(r.Attribution).allow))
 		}
 	}
 }
