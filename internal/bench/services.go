@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	kruntime "k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/twill-net/twill/internal/lab/cluster"
@@ -38,18 +40,21 @@ import (
 //     Service's and meets an idle proxy: kube-proxy's default minSyncPeriod of 1 s would
 //     otherwise hold back the second of two writes in a row); additions are 2.5 s apart, 20
 //     per proxy and scale, fewer (at least 5) when they take over 2 minutes. The API write's
-//     own time is reported beside it. Beside this outside measure, each proxy's own: the mean
-//     of kube-proxy's
-//     kubeproxy_sync_proxy_rules_duration_seconds and of the agent's
+//     own time is reported beside it, and the time from its answer to the connection (the
+//     apiserver's own time per Service grows with the number of services: see
+//     servicesworld.go). Beside this outside measure, each proxy's own: the mean and the p99
+//     bucket of kube-proxy's kubeproxy_sync_proxy_rules_duration_seconds and of the agent's
 //     twill_services_programming_seconds (change received to applied) over the additions;
 //   - the new-connection rate (TCP_CRR, `twill bench rr-client` with one thread) from a pod to
 //     one ClusterIP, and the time connect() took (p50, p99): the first packet's path through
-//     the service translation and back;
+//     the service translation and back; the median of several short rounds, each followed by
+//     one to a server pod directly, the machine's reference (servicescrr.go);
 //   - the resident memory (VmRSS) of the proxy, and of the twill agent (which runs on the node
 //     in every case, because it also wires the pods: without --services beside kube-proxy).
 //
 // Why this shape: creating 50,000 Services and EndpointSlices through the API is the slow
-// part (minutes on two cores), so they are created once per run by parallel clients and
+// part (tens of minutes on two cores: see servicesworld.go), so they are created once per
+// run by parallel clients (the control plane's priority raised meanwhile) and
 // reused by every proxy: the scales run in ascending order, each adding services to the last,
 // and the proxies run one after another on the same services, each stopped and its rules
 // cleaned (`kube-proxy --cleanup`; deleting twill's table) before the next starts. The
@@ -86,8 +91,10 @@ type ServicesOptions struct {
 	Proxies []string
 	// Adds is how many single services are added per scale and proxy (default 20).
 	Adds int
-	// Duration of the connect-rate figure (default 5s).
+	// Duration of each round of the connect-rate figure (default 2s).
 	Duration time.Duration
+	// Rounds of the connect-rate figure (default DefaultServiceRounds; see servicescrr.go).
+	Rounds int
 	// SyncTimeout bounds each full sync (default DefaultServiceSyncTimeout).
 	SyncTimeout time.Duration
 	// TwillBin and UpstreamBin: as in ScaleOptions (UpstreamBin must hold kube-proxy).
@@ -98,7 +105,7 @@ type ServicesOptions struct {
 // Defaults of ServicesOptions.
 const (
 	DefaultServiceAdds     = 20
-	DefaultServiceDuration = 5 * time.Second
+	DefaultServiceDuration = 2 * time.Second
 	// serviceAddGap spaces the single additions (see the suite's comment).
 	serviceAddGap = 2500 * time.Millisecond
 	// serviceSliceLead is how long before its Service an added service's EndpointSlice is
@@ -151,6 +158,9 @@ func (o *ServicesOptions) validate() error {
 	}
 	if o.Duration <= 0 {
 		o.Duration = DefaultServiceDuration
+	}
+	if o.Rounds <= 0 {
+		o.Rounds = DefaultServiceRounds
 	}
 	if o.SyncTimeout <= 0 {
 		o.SyncTimeout = DefaultServiceSyncTimeout
@@ -245,28 +255,45 @@ func RunServices(ctx context.Context, opts ServicesOptions) (rep Report, err err
 		return rep, err
 	}
 	world := &serviceWorld{kube: kube, namespace: cluster.PodNamespace,
-		endpoints: []string{servers[0].IPv4().String(), servers[1].IPv4().String()}, port: rrPort}
+		endpoints: []string{servers[0].IPv4().String(), servers[1].IPv4().String()}, port: rrPort,
+		pool: bulkClusterIPs(lab.CP.ServiceCIDR())}
 	kubeProxyKubeconfig := filepath.Join(dir, "kube-proxy.kubeconfig")
 	if err := lab.CP.WriteKubeconfigFor(kubeProxyKubeconfig, "system:kube-proxy"); err != nil {
 		return rep, err
 	}
 	env := &proxyEnv{lab: lab, node: node, client: client, dir: dir, name: name,
 		kubeProxyBin: filepath.Join(opts.UpstreamBin, "kube-proxy"), kubeProxyKubeconfig: kubeProxyKubeconfig,
-		twillBin: twillBin}
+		twillBin: twillBin, direct: netip.AddrPortFrom(servers[0].IPv4(), rrPort)}
 
 	var results []svcResult
-	cond := svcConditions{cores: runtime.NumCPU(), duration: opts.Duration, syncTimeout: opts.SyncTimeout}
+	cond := svcConditions{cores: runtime.NumCPU(), duration: opts.Duration, rounds: opts.Rounds, syncTimeout: opts.SyncTimeout}
 	// A failure ends the run, but what was measured before it is reported with the error.
 	partial := func(err error) (Report, error) {
+		cond.load = machineLoad()
 		return Report{Suite: "services", Measurements: servicesMeasurements(results, cond)}, err
 	}
 	for _, scale := range opts.Scales {
 		start := time.Now()
-		say("creating services up to %d (two endpoints each)", scale)
-		if err := world.grow(ctx, scale); err != nil {
+		say("creating services up to %d (two endpoints each, ClusterIPs requested, %d parallel clients, protobuf)", scale, serviceWorkers)
+		before := world.count()
+		cpuBefore, _ := sampleCPU(dir, name)
+		if err := setControlPlaneNice(dir, name, controlPlaneNice); err != nil {
+			say("the control plane keeps its priority: %v", err)
+		}
+		growErr := world.grow(ctx, scale, say)
+		if err := setControlPlaneNice(dir, name, 0); err != nil && growErr == nil {
 			return partial(err)
 		}
-		say("%d services exist (this step took %s)", world.count(), time.Since(start).Round(time.Second))
+		if growErr != nil {
+			return partial(growErr)
+		}
+		took := time.Since(start)
+		cpuAfter, _ := sampleCPU(dir, name)
+		cond.creations = append(cond.creations, svcCreation{from: before, to: world.count(), took: took,
+			cpu: cpuAfter.describeSince(cpuBefore, took)})
+		say("%d services exist (this step took %s: %.0f services/s, each a Service and an EndpointSlice; %s; %s)",
+			world.count(), took.Round(time.Second), float64(world.count()-before)/took.Seconds(),
+			cpuAfter.describeSince(cpuBefore, took), machineLoad())
 		for _, proxy := range opts.Proxies {
 			say("%s at %d services", proxy, scale)
 			res, err := measureProxy(ctx, env, world, proxy, opts, say)
@@ -281,9 +308,13 @@ func RunServices(ctx context.Context, opts ServicesOptions) (rep Report, err err
 }
 
 // servicesClient is an admin client without client-go's default rate limit (5 per second),
-// which would make creating 100,000 objects take hours.
+// which would make creating 100,000 objects take hours, speaking protobuf as the cluster's
+// own components do (cheaper to decode than JSON, though a small part of the apiserver's
+// cost per service here: see servicesworld.go).
 func servicesClient(lab *cluster.Cluster) (kubernetes.Interface, error) {
 	cfg := lab.CP.RESTConfig()
 	cfg.QPS, cfg.Burst = 5000, 10000
+	cfg.ContentType = kruntime.ContentTypeProtobuf
+	cfg.AcceptContentTypes = kruntime.ContentTypeProtobuf + "," + kruntime.ContentTypeJSON
 	return kubernetes.NewForConfig(cfg)
 }

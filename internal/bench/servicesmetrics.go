@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"strconv"
@@ -31,10 +32,40 @@ const (
 	metricsScrapeTimeout = 10 * time.Second
 )
 
-// histogramTotals are a histogram's _sum and _count.
+// histogramTotals are a histogram's _sum, _count and cumulative buckets.
 type histogramTotals struct {
 	sum   float64
 	count float64
+	// buckets are the cumulative counts by upper bound, in the order exposed (ascending).
+	buckets []histogramBucket
+}
+
+// histogramBucket is one _bucket line: observations at most le (cumulative).
+type histogramBucket struct {
+	le    float64
+	count float64
+}
+
+// quantileBoundSince is the upper bound of the bucket holding the q-quantile (0 < q <= 1) of
+// the observations made since earlier: the quantile is at most that (+Inf when it fell in the
+// last bucket; 0 when no observation was made or the buckets are missing). A bound, not an
+// interpolation: with a few tens of observations the bucket edge is all the histogram says.
+func (h histogramTotals) quantileBoundSince(earlier histogramTotals, q float64) float64 {
+	n := h.count - earlier.count
+	if n <= 0 || len(h.buckets) == 0 {
+		return 0
+	}
+	before := map[float64]float64{}
+	for _, b := range earlier.buckets {
+		before[b.le] = b.count
+	}
+	rank := q * n
+	for _, b := range h.buckets {
+		if b.count-before[b.le] >= rank-1e-9 {
+			return b.le
+		}
+	}
+	return math.Inf(1)
 }
 
 // meanSince is the mean of the observations made since earlier (0 when none was).
@@ -66,6 +97,17 @@ func parseHistogramTotals(r io.Reader, name string) (histogramTotals, error) {
 		}
 		var dst *float64
 		switch metricName {
+		case name + "_bucket":
+			le, ok := labelValue(labels, "le")
+			if !ok {
+				continue
+			}
+			bound, err := strconv.ParseFloat(le, 64)
+			if err != nil {
+				return h, fmt.Errorf("metric line %q: %w", line, err)
+			}
+			h.buckets = append(h.buckets, histogramBucket{le: bound})
+			dst = &h.buckets[len(h.buckets)-1].count
 		case name + "_sum":
 			dst, haveSum = &h.sum, true
 		case name + "_count":
@@ -86,6 +128,20 @@ func parseHistogramTotals(r io.Reader, name string) (histogramTotals, error) {
 		return h, fmt.Errorf("no histogram %s in the metrics", name)
 	}
 	return h, nil
+}
+
+// labelValue reads one label's value from a Prometheus label list (`a="x",b="y"}`).
+func labelValue(labels, name string) (string, bool) {
+	i := strings.Index(labels, name+`="`)
+	if i < 0 || (i > 0 && labels[i-1] != ',' && labels[i-1] != '{') {
+		return "", false
+	}
+	v := labels[i+len(name)+2:]
+	end := strings.IndexByte(v, '"')
+	if end < 0 {
+		return "", false
+	}
+	return v[:end], true
 }
 
 // scrapeHistogram fetches url from inside ns and reads the named histogram's totals.

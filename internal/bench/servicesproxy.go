@@ -30,6 +30,8 @@ type proxyEnv struct {
 	dir, name                         string
 	kubeProxyBin, kubeProxyKubeconfig string
 	twillBin                          string
+	// direct is a server pod's own address: the connect rate's reference (servicescrr.go).
+	direct netip.AddrPort
 }
 
 // runningProxy is a started proxy.
@@ -50,8 +52,11 @@ type svcResult struct {
 	// bound, and nothing else was measured).
 	syncTimedOut bool
 	// crr is new connections per second to one ClusterIP; connectP50/P99 the time connect()
-	// took, in microseconds.
+	// took, in microseconds: the medians of the rounds in rounds.
 	crr, connectP50, connectP99 float64
+	rounds                      crrFigures
+	// crrLoad is the machine's load averages when the rounds ended (machineLoad).
+	crrLoad string
 	// adds are the single additions' times to programmed; addWrites the part of each that
 	// was the API write (until the apiserver answered).
 	adds, addWrites []time.Duration
@@ -59,9 +64,11 @@ type svcResult struct {
 	// with --services; agentRSS is the agent's, which beside kube-proxy runs without.
 	proxyRSS, agentRSS float64
 	// ownProgramming is the mean of the proxy's own programming histogram over the additions
-	// (servicesmetrics.go), ownCount how many observations it made meanwhile.
+	// (servicesmetrics.go), ownCount how many observations it made meanwhile, ownP99Bound the
+	// upper bound of the bucket holding their 99th percentile (+Inf: past the last bucket).
 	ownProgramming time.Duration
 	ownCount       int
+	ownP99Bound    float64
 }
 
 // measureProxy starts the proxy with the world's services present (and none of its rules in
@@ -96,12 +103,14 @@ func measureProxy(ctx context.Context, env *proxyEnv, world *serviceWorld, proxy
 	say("%s: full sync of %d services in %s", proxy, world.count(), res.resync.Round(time.Millisecond))
 
 	target := netip.AddrPortFrom(world.ips[len(world.ips)-1], servicePort)
-	rr, err := runRRClientResult(ctx, env.twillBin, env.client.Sandbox, target, true, opts.Duration)
+	rounds, err := measureConnectRounds(ctx, env, target, opts)
 	if err != nil {
-		return res, fmt.Errorf("connect rate to %s: %w", target, err)
+		return res, err
 	}
-	res.crr, res.connectP50, res.connectP99 = rr.Rate(), rr.ConnectP50Micros, rr.ConnectP99Micros
-	say("%s: %.0f new connections/s to a ClusterIP, connect p50 %.0f µs p99 %.0f µs", proxy, res.crr, res.connectP50, res.connectP99)
+	res.rounds, res.crrLoad = rounds, machineLoad()
+	res.crr, res.connectP50, res.connectP99 = median(rounds.service), median(rounds.p50s), median(rounds.p99s)
+	say("%s: %.0f new connections/s to a ClusterIP, %s; to the pod directly %.0f, %s; connect p50 %.0f µs p99 %.0f µs",
+		proxy, res.crr, describeRounds(rounds.service), median(rounds.direct), describeRounds(rounds.direct), res.connectP50, res.connectP99)
 
 	url, metric := proxyMetric(proxy)
 	before, beforeErr := scrapeHistogramRetrying(ctx, env.node.Node, url, metric)
@@ -127,10 +136,11 @@ func measureProxy(ctx context.Context, env *proxyEnv, world *serviceWorld, proxy
 	} else {
 		res.ownProgramming = time.Duration(after.meanSince(before) * float64(time.Second))
 		res.ownCount = int(after.count - before.count)
+		res.ownP99Bound = after.quantileBoundSince(before, 0.99)
 	}
-	say("%s: %d services added one at a time, programmed p50 %s, max %s; its own %s: mean %s over %d",
+	say("%s: %d services added one at a time, programmed p50 %s, max %s; its own %s: mean %s, p99 at most %gs, over %d",
 		proxy, len(res.adds), Percentile(res.adds, 50).Round(10*time.Microsecond),
-		Percentile(res.adds, 100).Round(10*time.Microsecond), metric, res.ownProgramming.Round(10*time.Microsecond), res.ownCount)
+		Percentile(res.adds, 100).Round(10*time.Microsecond), metric, res.ownProgramming.Round(10*time.Microsecond), res.ownP99Bound, res.ownCount)
 
 	rss, _, err := sampleRSS(env.dir, env.name)
 	if err != nil {

@@ -55,6 +55,9 @@ type Options struct {
 	// Controllers also runs kube-controller-manager and kube-scheduler (then UpstreamBin must
 	// hold them): pods are scheduled, service accounts made, as in a real cluster.
 	Controllers bool
+	// ExtraAPIServerArgs are appended to the apiserver's command line (a later flag wins): a
+	// benchmark's settings for a lab of its own.
+	ExtraAPIServerArgs []string
 	// NodeRuntime, when set, makes each node a real Kubernetes node (package kubenode: kubelet
 	// and containerd) before its agent starts; the agent then runs in that node's namespaces
 	// and the kubelet, not the cluster, registers the Node object. Pods are then made through
@@ -118,7 +121,7 @@ func Start(ctx context.Context, opts Options) (c *Cluster, err error) {
 		Controllers: opts.Controllers,
 		// Lab nodes have no DNS names: the apiserver reaches kubelets (logs, exec,
 		// port-forward) at their underlay address.
-		ExtraAPIServerArgs: []string{"--kubelet-preferred-address-types=InternalIP,Hostname"},
+		ExtraAPIServerArgs: append([]string{"--kubelet-preferred-address-types=InternalIP,Hostname"}, opts.ExtraAPIServerArgs...),
 	})
 	if err != nil {
 		return c, err
