@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -45,6 +46,10 @@ type serviceProxy struct {
 	changed chan struct{}
 	// programming times each change to the datapath (servicesmetrics.go).
 	programming *serviceProgramming
+	// factory is the shared factory the informers are on; run starts them.
+	factory informers.SharedInformerFactory
+	// first times the first full sync after a start (servicestiming.go).
+	first firstSyncTimes
 
 	// batch, retryMin and retryMax are the constants above; tests shorten or lengthen them.
 	batch              time.Duration
@@ -61,7 +66,7 @@ func newServiceProxy(factory informers.SharedInformerFactory, nodeName string, d
 		calc: service.NewCalculator(nodeName), dp: dp, log: log.With("part", "services"),
 		changed: make(chan struct{}, 1),
 		batch:   serviceBatchWindow, retryMin: serviceRetryMin, retryMax: serviceRetryMax,
-		programming: newServiceProgramming(),
+		programming: newServiceProgramming(), factory: factory,
 	}
 	handlers := []struct {
 		inf cache.SharedIndexInformer
@@ -73,7 +78,7 @@ func newServiceProxy(factory informers.SharedInformerFactory, nodeName string, d
 			func(o *discoveryv1.EndpointSlice) { s.calc.DeleteEndpointSlice(o.Namespace, o.Name) })},
 	}
 	for _, x := range handlers {
-		reg, err := x.inf.AddEventHandler(withKick(x.h, s.kick))
+		reg, err := x.inf.AddEventHandler(s.timed(x.h))
 		if err != nil {
 			return nil, fmt.Errorf("watching services: %w", err)
 		}
@@ -84,8 +89,19 @@ func newServiceProxy(factory informers.SharedInformerFactory, nodeName string, d
 	return s, nil
 }
 
+// timed wraps h: the change is timed from before the calculator takes it (the programming
+// metric covers the whole path from the informer's delivery to the datapath's
+// acknowledgement), and the apply loop is signalled after.
+func (s *serviceProxy) timed(h cache.ResourceEventHandler) cache.ResourceEventHandler {
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(o any) { s.programming.changed(); h.OnAdd(o, false); s.kick() },
+		UpdateFunc: func(old, o any) { s.programming.changed(); h.OnUpdate(old, o); s.kick() },
+		DeleteFunc: func(o any) { s.programming.changed(); h.OnDelete(o); s.kick() },
+	}
+}
+
 func (s *serviceProxy) kick() {
-	s.programming.changed()
+	s.first.event()
 	select {
 	case s.changed <- struct{}{}:
 	default:
@@ -97,9 +113,14 @@ func (s *serviceProxy) kick() {
 // apply leaves the datapath in a state the calculator no longer knows, so the retry, after a
 // backoff, is Full too.
 func (s *serviceProxy) run(ctx context.Context) error {
-	if !cache.WaitForCacheSync(ctx.Done(), s.synced...) {
-		return fmt.Errorf("service caches did not sync: %w", context.Cause(ctx))
+	// Started here, not only by the watcher, so that the services' lists do not wait for
+	// whatever else the agent prepares first (Start is idempotent).
+	s.factory.Start(ctx.Done())
+	s.first.started()
+	if err := waitSynced(ctx, s.synced); err != nil {
+		return fmt.Errorf("service caches did not sync: %w", err)
 	}
+	synced := time.Now()
 	backoff := s.retryMin
 	for {
 		if !s.calc.Pending() {
@@ -117,6 +138,7 @@ func (s *serviceProxy) run(ctx context.Context) error {
 		case <-s.changed:
 		default:
 		}
+		flushStart := time.Now()
 		ch := s.calc.Flush()
 		// After the flush: a change arriving between the two is then missed by the metric (its
 		// apply is not timed) rather than timed from an apply that did not include it.
@@ -140,8 +162,31 @@ func (s *serviceProxy) run(ctx context.Context) error {
 		}
 		backoff = s.retryMin
 		s.programming.applied(since)
+		if ch.Full {
+			s.first.report(s.log, len(ch.Set), synced, flushStart, start)
+		}
 		s.log.Debug("services applied", "full", ch.Full, "set", len(ch.Set), "removed", len(ch.Removed),
 			"took", time.Since(start))
+	}
+}
+
+// syncedPoll is how often waitSynced checks the caches: client-go's WaitForCacheSync checks
+// every 100 ms, 50 ms on average added to a restart's first apply for nothing.
+const syncedPoll = 2 * time.Millisecond
+
+// waitSynced waits until every one of synced says so, or ctx ends (then its cause).
+func waitSynced(ctx context.Context, synced []cache.InformerSynced) error {
+	t := time.NewTicker(syncedPoll)
+	defer t.Stop()
+	for {
+		if !slices.ContainsFunc(synced, func(ok cache.InformerSynced) bool { return !ok() }) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-t.C:
+		}
 	}
 }
 

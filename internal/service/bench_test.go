@@ -9,6 +9,13 @@ import (
 
 // bigCalculator holds n services of 3 endpoints each, flushed.
 func bigCalculator(n int) *Calculator {
+	c := bigCalculatorUnflushed(n)
+	c.Flush()
+	return c
+}
+
+// bigCalculatorUnflushed holds n services of 3 endpoints each, not yet flushed.
+func bigCalculatorUnflushed(n int) *Calculator {
 	c := NewCalculator(thisNode)
 	for i := range n {
 		name := fmt.Sprintf("svc-%d", i)
@@ -18,7 +25,6 @@ func bigCalculator(n int) *Calculator {
 			readyEP(fmt.Sprintf("10.245.%d.%d", i>>8&255, i&255), "n2"),
 			readyEP(fmt.Sprintf("10.246.%d.%d", i>>8&255, i&255), "n3")))
 	}
-	c.Flush()
 	return c
 }
 
@@ -69,5 +75,16 @@ func TestOneChangeCostDoesNotGrowWithServices(t *testing.T) {
 	t.Logf("one change: %s among 500 services, %s among 50,000 (noisy on a loaded machine)", small, big)
 	if big > 5*small {
 		t.Errorf("one change among 50,000 services costs %s, %.1f times its cost among 500", big, float64(big)/float64(small))
+	}
+}
+
+// BenchmarkFirstFlushOf10000 is the calculator's part of an agent restart with 10,000
+// services: taking every Service and EndpointSlice, then the first (Full) flush.
+func BenchmarkFirstFlushOf10000(b *testing.B) {
+	for b.Loop() {
+		c := bigCalculatorUnflushed(10000)
+		if ch := c.Flush(); !ch.Full || len(ch.Set) != 10000 {
+			b.Fatalf("first flush: Full %v with %d services, want Full with 10000", ch.Full, len(ch.Set))
+		}
 	}
 }

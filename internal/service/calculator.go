@@ -154,13 +154,19 @@ func (c *Calculator) Flush() datapath.ServiceChanges {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	var ch datapath.ServiceChanges
+	if len(c.flushed) == 0 {
+		// The first flush after a start: sized at once for every service known.
+		c.flushed = make(map[datapath.ServiceKey]datapath.Service, len(c.frontends))
+	}
 	for key := range c.dirty {
 		want, served := c.serviceLocked(key)
 		had, wasServed := c.flushed[key]
 		switch {
 		case served && (!wasServed || !equalServices(had, want)):
 			c.flushed[key] = want
-			ch.Set = append(ch.Set, want)
+			if !c.full { // a Full hands out every service below
+				ch.Set = append(ch.Set, want)
+			}
 		case !served && wasServed:
 			delete(c.flushed, key)
 			ch.Removed = append(ch.Removed, key)

@@ -220,41 +220,44 @@ func (b *nlBatch) withSetID(e expr.Any) expr.Any {
 	return e
 }
 
-// elementRun sends a run of element ops, grouped by set and kind.
+// elementRun sends a run of element ops, grouped by set and kind. Groups hold indexes into
+// run, not copies of its ops: a rebuild's run is every element of the table.
 func (b *nlBatch) elementRun(run []op) error {
 	type group struct {
 		kind opKind
 		set  string
 	}
 	var order []group
-	groups := map[group][]op{}
-	for _, o := range run {
+	groups := map[group][]int32{}
+	for i, o := range run {
 		g := group{o.kind, o.name}
 		if _, seen := groups[g]; !seen {
 			order = append(order, g)
 		}
-		groups[g] = append(groups[g], o)
+		groups[g] = append(groups[g], int32(i))
 	}
 	for _, g := range order {
-		ops := groups[g]
+		idx := groups[g]
 		limit := 1
 		if def := defOf(g.set); def != nil {
 			limit = elementsPerMessage(def)
 		}
-		for len(ops) > 0 {
-			n := min(limit, len(ops))
-			if err := b.elements(ops[:n]); err != nil {
+		for len(idx) > 0 {
+			n := min(limit, len(idx))
+			if err := b.elements(run, idx[:n]); err != nil {
 				return err
 			}
-			ops = ops[n:]
+			idx = idx[n:]
 		}
 	}
 	return nil
 }
 
-// elements adds or deletes ops' elements (all of one kind, in one set).
-func (b *nlBatch) elements(ops []op) error {
-	set := ops[0].name
+// elements adds or deletes the elements of the ops of run at idx (all of one kind, in one
+// set).
+func (b *nlBatch) elements(run []op, idx []int32) error {
+	first := &run[idx[0]]
+	set := first.name
 	def := defOf(set)
 	if def == nil {
 		return fmt.Errorf("elements of %s: not one of the table's shared sets", set)
@@ -263,8 +266,9 @@ func (b *nlBatch) elements(ops []op) error {
 	if s == nil {
 		s = &nftables.Set{Table: b.w.table, Name: set, IsMap: def.isMap || def.data != nil}
 	}
-	elems := make([]nftables.SetElement, len(ops))
-	for i, o := range ops {
+	elems := make([]nftables.SetElement, len(idx))
+	for i, at := range idx {
+		o := &run[at]
 		key, err := encodeKey(def.fields, o.elem.key)
 		if err != nil {
 			return fmt.Errorf("element of %s: %w", set, err)
@@ -283,7 +287,7 @@ func (b *nlBatch) elements(ops []op) error {
 			elems[i].VerdictData = &expr.Verdict{Kind: expr.VerdictGoto, Chain: target}
 		}
 	}
-	if ops[0].kind == opDeleteElement {
+	if first.kind == opDeleteElement {
 		return b.c.SetDeleteElements(s, elems)
 	}
 	return b.c.SetAddElements(s, elems)
@@ -319,7 +323,7 @@ func encodeKey(fields, values []string) ([]byte, error) {
 	if len(fields) != len(values) {
 		return nil, fmt.Errorf("key %q has %d fields, want %d", values, len(values), len(fields))
 	}
-	var key []byte
+	key := make([]byte, 0, 16*len(fields)) // an IPv6 address is the longest field
 	for i, f := range fields {
 		var field []byte
 		switch f {

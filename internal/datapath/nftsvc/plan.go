@@ -1,7 +1,6 @@
 package nftsvc
 
 import (
-	"maps"
 	"slices"
 	"strings"
 	"time"
@@ -75,7 +74,21 @@ func defOf(set string) *setDef {
 // left over from an older version or a crash survives). Adding the table first makes the
 // delete succeed when there was none.
 func rebuild(skeleton *objects, services []*objects, flat []flatKey, hairpins map[string]string) []op {
-	ops := []op{{kind: opAddTable}, {kind: opDeleteTable}, {kind: opAddTable}}
+	all := append([]*objects{skeleton}, services...)
+	// Sized at once: a Full of 10,000 services is some 50,000 ops, and growing the list by
+	// doubling copied it several times over.
+	size := 3 + len(globalDefs) + 2*len(flat) + len(hairpins)
+	for _, o := range all {
+		size += len(o.sets) + len(o.chains)
+		for _, c := range o.chains {
+			size += len(c.rules)
+		}
+		for _, elems := range o.elems {
+			size += len(elems)
+		}
+	}
+	ops := make([]op, 0, size)
+	ops = append(ops, op{kind: opAddTable}, op{kind: opDeleteTable}, op{kind: opAddTable})
 	for _, g := range globals() {
 		ops = append(ops, op{kind: opAddSet, name: g.name, set: g.def()})
 	}
@@ -85,7 +98,6 @@ func rebuild(skeleton *objects, services []*objects, flat []flatKey, hairpins ma
 	for _, k := range flat {
 		ops = append(ops, op{kind: opAddSet, name: k.set(), set: k.def()})
 	}
-	all := append([]*objects{skeleton}, services...)
 	// Sets and chains exist before any rule or verdict-map element refers to them.
 	for _, o := range all {
 		for _, name := range sortedKeys(o.sets) {
@@ -220,6 +232,16 @@ func updateServices(changes []change) []op {
 	return ops
 }
 
+// sortedKeys allocates once, at the map's size: a rebuild calls it for every map of every
+// service, most of them holding one or two keys.
 func sortedKeys[V any](m map[string]V) []string {
-	return slices.Sorted(maps.Keys(m))
+	if len(m) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
 }

@@ -111,12 +111,7 @@ type renderer struct {
 // frontend elements leading to them, or to rejection when a chain would have no endpoint.
 func (r *renderer) port(s *datapath.Service, p *datapath.ServicePort, f family, clusterIPs, externalIPs []netip.Addr) {
 	o := r.o
-	id := portID(s.Key, *p)
 	proto := protoName(p.Protocol)
-	desc := fmt.Sprintf("%s %d/%s", s.Key, p.Port, proto)
-	if p.Name != "" {
-		desc += " (" + p.Name + ")"
-	}
 	all, local := backendsOfFamily(p.Backends, f), backendsOfFamily(p.LocalBackends, f)
 	if r.mayServe != nil {
 		externalIPs = slices.DeleteFunc(slices.Clone(externalIPs), func(a netip.Addr) bool { return !r.mayServe(a, p) })
@@ -132,6 +127,13 @@ func (r *renderer) port(s *datapath.Service, p *datapath.ServicePort, f family, 
 	if s.AffinityTimeout == 0 && !s.ExternalLocal {
 		r.flat(s, p, f, clusterIPs, externalIPs, internal, external)
 		return
+	}
+	// Names and comments of the port's own chains (the flat path has none: a Full renders
+	// every service, and these cost a hash and a format each).
+	id := portID(s.Key, *p)
+	desc := fmt.Sprintf("%s %d/%s", s.Key, p.Port, proto)
+	if p.Name != "" {
+		desc += " (" + p.Name + ")"
 	}
 	svc := clusterChain(f, id)
 	if len(internal) > 0 {
