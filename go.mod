@@ -3,6 +3,7 @@ module github.com/twill-net/twill
 go 1.26.0
 
 require (
+	github.com/cilium/ebpf v0.22.0
 	github.com/containernetworking/cni v1.3.1
 	github.com/containernetworking/plugins v1.9.1
 	github.com/florianl/go-nflog/v2 v2.1.0

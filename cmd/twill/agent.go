@@ -66,6 +66,8 @@ func agentCmd() *cobra.Command {
 		"what a policy change does to established connections it no longer allows: keep (they run on) or reset (conntrack entries of the affected pods are deleted, so their next packet is judged again)")
 	f.BoolVar(&cfg.Services, "services", cfg.Services, "serve Services on this node (ClusterIP, NodePort, external and load balancer IPs) in place of kube-proxy")
 	f.StringVar(&cfg.MetricsAddress, "metrics-address", cfg.MetricsAddress, "serve Prometheus metrics on this host:port (path /metrics); empty: don't")
+	f.StringVar(&cfg.Datapath, "datapath", cfg.Datapath,
+		"how forwarded packets are carried: auto (the eBPF fast path for established connections where the kernel can run it), ebpf (the same, and fail where it cannot), or nftables (routing and netfilter for every packet)")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	return cmd
 }

@@ -67,6 +67,32 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Parts run in g; one started before an early return below stops with it.
+	ctx, cancel := context.WithCancel(ctx)
+	g, ctx := errgroup.WithContext(ctx)
+	defer func() { cancel(); _ = g.Wait() }()
+
+	w, err := newWatcher(clients, a.cfg.NodeName, a.cfg.Policy)
+	if err != nil {
+		return err
+	}
+	// Services first: after a restart, their lists (every Service and EndpointSlice of the
+	// cluster) are the longest wait before the first apply, and they need nothing of what
+	// follows, so they load meanwhile.
+	var services *serviceProxy
+	if a.cfg.Services {
+		dp := a.cfg.ServiceDatapath
+		if dp == nil {
+			if dp, err = nftsvc.NewKernel(a.log); err != nil {
+				return fmt.Errorf("service datapath (--services=false leaves services to kube-proxy): %w", err)
+			}
+		}
+		if services, err = newServiceProxy(w.core, a.cfg.NodeName, dp, a.log); err != nil {
+			return err
+		}
+		w.synced = append(w.synced, services.synced...)
+		g.Go(func() error { return services.run(ctx) })
+	}
 
 	node, err := a.waitForNode(ctx, clients)
 	if err != nil {
@@ -88,6 +114,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err := routes.EnableForwarding(); err != nil {
 		return err
 	}
+	fast, err := a.startFastPath(underlay.Index)
+	if err != nil {
+		return err
+	}
+	if fast != nil {
+		defer fast.close()
+	}
 
 	store := kubestore.New(clients.Dynamic)
 	if err := a.ensureDefaultPools(ctx, store); err != nil {
@@ -106,10 +139,6 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 
-	w, err := newWatcher(clients, a.cfg.NodeName, a.cfg.Policy)
-	if err != nil {
-		return err
-	}
 	cniCfg := cniserver.Config{
 		SocketPath:       a.cfg.CNISocket,
 		PendingDeleteDir: a.cfg.PendingDeleteDir,
@@ -117,6 +146,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		Ready:            a.ready,
 	}
 	var collectors []prometheus.Collector
+	if fast != nil {
+		collectors = append(collectors, fast.collector())
+	}
 	var dropReceiver *flow.Receiver
 	if a.cfg.Policy {
 		nft, err := nftdp.NewKernel(a.cfg.NodeName, a.log)
@@ -139,18 +171,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	} else {
 		a.log.Warn("network policy enforcement is off: NetworkPolicies are not enforced on this node")
 	}
-	var services *serviceProxy
-	if a.cfg.Services {
-		dp := a.cfg.ServiceDatapath
-		if dp == nil {
-			if dp, err = nftsvc.NewKernel(a.log); err != nil {
-				return fmt.Errorf("service datapath (--services=false leaves services to kube-proxy): %w", err)
-			}
-		}
-		if services, err = newServiceProxy(w.core, a.cfg.NodeName, dp, a.log); err != nil {
-			return err
-		}
-		w.synced = append(w.synced, services.synced...)
+	if services != nil {
 		collectors = append(collectors, services.programming.hist)
 	}
 	var cniAlloc ipam.Allocator = alloc
@@ -159,7 +180,6 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	cni := cniserver.New(cniCfg, cniAlloc, a.log)
 
-	g, ctx := errgroup.WithContext(ctx)
 	if a.cfg.MetricsAddress != "" {
 		reg, err := metrics.NewRegistry(collectors...)
 		if err != nil {
@@ -181,8 +201,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.policy != nil {
 		g.Go(func() error { return a.policy.run(ctx) })
 	}
-	if services != nil {
-		g.Go(func() error { return services.run(ctx) })
+	if fast != nil {
+		g.Go(func() error { return fast.run(ctx) })
 	}
 	g.Go(func() error { return cni.Run(ctx) })
 	g.Go(func() error { return a.reconcileLoop(ctx, clients, w, alloc, cni, store) })

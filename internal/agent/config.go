@@ -50,7 +50,18 @@ type Config struct {
 	// ServiceDatapath programs the services when Services is on; nil: the nftables one
 	// (table inet twill-services) in the agent's network namespace.
 	ServiceDatapath datapath.ServiceReconciler
+	// Datapath selects how forwarded packets are carried: DatapathNFTables (the kernel's
+	// routing and netfilter for every packet), DatapathEBPF (established connections take the
+	// eBPF fast path; the agent fails if it cannot load) or DatapathAuto (eBPF where it loads).
+	Datapath string
 }
+
+// The datapaths Config.Datapath selects.
+const (
+	DatapathAuto     = "auto"
+	DatapathNFTables = "nftables"
+	DatapathEBPF     = "ebpf"
+)
 
 // DefaultConfig returns the settings a plain install uses.
 func DefaultConfig() Config {
@@ -64,6 +75,7 @@ func DefaultConfig() Config {
 		Policy:            true,
 		PolicyEstablished: EstablishedKeep,
 		MetricsAddress:    metrics.DefaultAddress,
+		Datapath:          DatapathAuto,
 	}
 }
 
@@ -81,6 +93,11 @@ func (c Config) validate() error {
 	case EstablishedKeep, EstablishedReset:
 	default:
 		return fmt.Errorf("policy-established %q: want %q or %q", c.PolicyEstablished, EstablishedKeep, EstablishedReset)
+	}
+	switch c.Datapath {
+	case "", DatapathAuto, DatapathNFTables, DatapathEBPF: // "": auto
+	default:
+		return fmt.Errorf("datapath %q: want %q, %q or %q", c.Datapath, DatapathAuto, DatapathNFTables, DatapathEBPF)
 	}
 	return nil
 }

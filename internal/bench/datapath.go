@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os/exec"
 	"runtime"
+	"slices"
 	"time"
 
 	"github.com/twill-net/twill/internal/lab/cluster"
@@ -21,7 +22,10 @@ import (
 // for the reference baseline (Debian's bridge + host-local with host-gw routes, on lab nodes
 // of the same underlay). Each figure is reported as a ratio to its limit on this machine,
 // measured in the same run: a bare veth pair between two namespaces for traffic within a
-// node, node-to-node traffic over the lab underlay for traffic across nodes.
+// node, node-to-node traffic over the lab underlay for traffic across nodes. twill is measured
+// with each of its datapaths: the eBPF fast path for established connections (its default
+// where the kernel runs it, the rows the targets are computed for) and nftables alone (the
+// "_nftables" rows).
 
 // DatapathOptions configure the datapath suite.
 type DatapathOptions struct {
@@ -51,23 +55,29 @@ var dpMetrics = []string{metricThroughput, metricRR, metricCRR}
 
 // The scenarios, by the key their metrics are named with.
 const (
-	scVethLimit     = "veth_limit"
-	scNodeLimit     = "node_limit"
-	scSameNode      = "twill_same_node"
-	scNative        = "twill_native_cross_node"
-	scVXLAN         = "twill_vxlan_cross_node"
-	scRefSameNode   = "reference_same_node"
-	scRefCrossNode  = "reference_cross_node"
-	routingNative   = "native"
-	routingVXLAN    = "vxlan"
-	datapathLabName = "twb" // + random hex, as the cni suite
+	scVethLimit    = "veth_limit"
+	scNodeLimit    = "node_limit"
+	scSameNode     = "twill_same_node"
+	scNative       = "twill_native_cross_node"
+	scVXLAN        = "twill_vxlan_cross_node"
+	scRefSameNode  = "reference_same_node"
+	scRefCrossNode = "reference_cross_node"
+	routingNative  = "native"
+	routingVXLAN   = "vxlan"
+	// twill's datapaths: the scenarios above run on the eBPF fast path, and again on nftables
+	// alone under their key with this suffix.
+	datapathEBPF      = "ebpf"
+	datapathNFTables  = "nftables"
+	nftablesKeySuffix = "_nftables"
+	datapathLabName   = "twb" // + random hex, as the cni suite
 )
 
 // dpScenario is one client/server pair.
 type dpScenario struct {
 	key string
-	// mode is the agents' routing mode the scenario needs ("": any).
-	mode           string
+	// mode is the agents' routing mode the scenario needs ("": any); datapath their datapath
+	// ("": any).
+	mode, datapath string
 	client, server *underlay.Node
 	addr           netip.Addr
 }
@@ -172,10 +182,10 @@ func RunDatapath(ctx context.Context, opts DatapathOptions) (rep Report, err err
 	if err != nil {
 		return rep, err
 	}
-	if err := setRouting(ctx, lab, routingVXLAN); err != nil {
+	cur := dpPhase{routingVXLAN, datapathEBPF}
+	if err := setAgents(ctx, lab, cur); err != nil {
 		return rep, err
 	}
-	mode := routingVXLAN
 	vxlanA, err := addPod("n1", "dp-vxlan-a")
 	if err != nil {
 		return rep, err
@@ -189,13 +199,20 @@ func RunDatapath(ctx context.Context, opts DatapathOptions) (rep Report, err err
 	scenarios := []dpScenario{
 		{key: scVethLimit, client: vethClient, server: vethServer, addr: vethServer.IP},
 		{key: scNodeLimit, client: r1.node, server: r2.node, addr: r2.node.IP},
-		{key: scSameNode, mode: routingNative, client: nativeA.Sandbox, server: nativeB.Sandbox, addr: nativeB.IPv4()},
-		{key: scNative, mode: routingNative, client: nativeA.Sandbox, server: nativeC.Sandbox, addr: nativeC.IPv4()},
-		{key: scVXLAN, mode: routingVXLAN, client: vxlanA.Sandbox, server: vxlanC.Sandbox, addr: vxlanC.IPv4()},
 		{key: scRefSameNode, client: r1.pods[0].sandbox, server: r1.pods[1].sandbox, addr: r1.pods[1].sandbox.IP},
 		{key: scRefCrossNode, client: r1.pods[0].sandbox, server: r2.pods[0].sandbox, addr: r2.pods[0].sandbox.IP},
 	}
-	stopServers, err := startServers(twillBin, scenarios)
+	for _, sc := range []dpScenario{
+		{key: scSameNode, mode: routingNative, client: nativeA.Sandbox, server: nativeB.Sandbox, addr: nativeB.IPv4()},
+		{key: scNative, mode: routingNative, client: nativeA.Sandbox, server: nativeC.Sandbox, addr: nativeC.IPv4()},
+		{key: scVXLAN, mode: routingVXLAN, client: vxlanA.Sandbox, server: vxlanC.Sandbox, addr: vxlanC.IPv4()},
+	} {
+		nft := sc
+		sc.datapath, nft.datapath, nft.key = datapathEBPF, datapathNFTables, sc.key+nftablesKeySuffix
+		scenarios = append(scenarios, sc, nft)
+	}
+	// Servers once per pair of namespaces: the nftables scenarios share their pods.
+	stopServers, err := startServers(twillBin, uniqueServers(scenarios))
 	defer stopServers()
 	if err != nil {
 		return rep, err
@@ -203,18 +220,15 @@ func RunDatapath(ctx context.Context, opts DatapathOptions) (rep Report, err err
 
 	samples := dpSamples{}
 	for round := range opts.Rounds {
-		// Alternate the modes' order, so each round needs one agent restart only.
-		order := []string{mode, otherMode(mode)}
-		for _, m := range order {
-			if m != mode {
-				if err := setRouting(ctx, lab, m); err != nil {
+		for _, ph := range dpPhases(round) {
+			if ph != cur {
+				if err := setAgents(ctx, lab, ph); err != nil {
 					return rep, err
 				}
-				mode = m
+				cur = ph
 			}
 			for _, sc := range scenarios {
-				// Mode-independent scenarios run in the native phase.
-				if sc.mode != m && !(sc.mode == "" && m == routingNative) {
+				if !ph.runs(sc) {
 					continue
 				}
 				say("round %d/%d: %s", round+1, opts.Rounds, sc.key)
@@ -228,21 +242,52 @@ func RunDatapath(ctx context.Context, opts DatapathOptions) (rep Report, err err
 	return Report{Suite: "datapath", Measurements: datapathMeasurements(samples, cond)}, nil
 }
 
-func otherMode(m string) string {
-	if m == routingNative {
-		return routingVXLAN
+// dpPhase is how the agents run while some scenarios are measured.
+type dpPhase struct{ mode, datapath string }
+
+// dpPhases is a round's order of phases: each round starts where the last one ended (the
+// first where the setup left the agents), so a round needs three agent restarts.
+func dpPhases(round int) []dpPhase {
+	ph := []dpPhase{
+		{routingVXLAN, datapathEBPF}, {routingVXLAN, datapathNFTables},
+		{routingNative, datapathNFTables}, {routingNative, datapathEBPF},
 	}
-	return routingNative
+	if round%2 == 1 {
+		slices.Reverse(ph)
+	}
+	return ph
 }
 
-// setRouting restarts every agent in the given routing mode.
-func setRouting(ctx context.Context, lab *cluster.Cluster, mode string) error {
+// runs says whether sc is measured in phase p; scenarios that need no agent at all run in
+// the native fast path phase.
+func (p dpPhase) runs(sc dpScenario) bool {
+	if sc.mode == "" {
+		return p == dpPhase{routingNative, datapathEBPF}
+	}
+	return sc.mode == p.mode && sc.datapath == p.datapath
+}
+
+// setAgents restarts every agent in the phase's routing mode and datapath.
+func setAgents(ctx context.Context, lab *cluster.Cluster, p dpPhase) error {
 	for _, n := range lab.Nodes() {
-		if err := n.RestartAgent(ctx, "--routing", mode); err != nil {
-			return fmt.Errorf("restarting %s's agent with --routing %s: %w", n.Name, mode, err)
+		if err := n.RestartAgent(ctx, "--routing", p.mode, "--datapath", p.datapath); err != nil {
+			return fmt.Errorf("restarting %s's agent with --routing %s --datapath %s: %w", n.Name, p.mode, p.datapath, err)
 		}
 	}
 	return nil
+}
+
+// uniqueServers keeps the first scenario of each server address.
+func uniqueServers(scenarios []dpScenario) []dpScenario {
+	seen := map[netip.Addr]bool{}
+	var out []dpScenario
+	for _, sc := range scenarios {
+		if !seen[sc.addr] {
+			seen[sc.addr] = true
+			out = append(out, sc)
+		}
+	}
+	return out
 }
 
 // startServers starts an iperf3 server and a request/response server in every scenario's

@@ -42,6 +42,7 @@ func TestDatapathMeasurements(t *testing.T) {
 	s.add(scVXLAN, metricThroughput, 6)
 	s.add(scRefCrossNode, metricThroughput, 7.5)
 	s.add(scNative, metricCRR, 1000) // no limit for CRR: no ratio
+	s.add(scNative+nftablesKeySuffix, metricThroughput, 7)
 	got := datapathMeasurements(s, dpConditions{rounds: 3, duration: 5 * time.Second, cores: 2})
 	by := map[string]Measurement{}
 	for _, m := range got {
@@ -76,6 +77,8 @@ func TestDatapathMeasurements(t *testing.T) {
 	check("datapath_tcp_throughput_vxlan_vs_native", 6, 8.1)
 	check("datapath_tcp_throughput_native_vs_reference", 8.1, 7.5)
 	check("datapath_tcp_crr_twill_native_cross_node", 1000, 0)
+	check("datapath_tcp_throughput_twill_native_cross_node_nftables", 7, 9)
+	check("datapath_tcp_throughput_native_ebpf_vs_nftables", 8.1, 7)
 	if _, ok := by["datapath_tcp_throughput_reference_same_node"]; ok {
 		t.Error("a scenario without samples is reported")
 	}
@@ -149,5 +152,39 @@ func TestRRTool(t *testing.T) {
 	served <- nil
 	if _, err := RunRRClient(t.Context(), addr, false, 0); err == nil {
 		t.Error("a client without a server reported success")
+	}
+}
+
+// Every round measures each twill scenario once on each datapath and the agent-less ones once,
+// with three agent restarts, and starts where the previous round (or the setup) left the agents.
+func TestDatapathPhases(t *testing.T) {
+	scenarios := []dpScenario{{key: scVethLimit}, {key: scRefCrossNode}}
+	for _, m := range []string{routingNative, routingVXLAN} {
+		for _, d := range []string{datapathEBPF, datapathNFTables} {
+			scenarios = append(scenarios, dpScenario{key: m + d, mode: m, datapath: d})
+		}
+	}
+	cur := dpPhase{routingVXLAN, datapathEBPF} // where the setup leaves the agents
+	for round := range 3 {
+		runs, restarts := map[string]int{}, 0
+		for _, ph := range dpPhases(round) {
+			if ph != cur {
+				restarts++
+				cur = ph
+			}
+			for _, sc := range scenarios {
+				if ph.runs(sc) {
+					runs[sc.key]++
+				}
+			}
+		}
+		if restarts != 3 {
+			t.Errorf("round %d restarts the agents %d times, want 3", round, restarts)
+		}
+		for _, sc := range scenarios {
+			if runs[sc.key] != 1 {
+				t.Errorf("round %d measures %s %d times, want once", round, sc.key, runs[sc.key])
+			}
+		}
 	}
 }
