@@ -15,6 +15,10 @@ import (
 // memory peak on the API server for huge lists, matters less to twill's objects than the
 // time a restarted agent leaves services unprogrammed. KUBE_FEATURE_WatchListClient=true
 // still turns the stream on.
+//
+// It runs at start-up (init), before any client reads the gates: replacing them later makes
+// client-go log an error, and a process (the CLI's benchmarks) may read them before it
+// makes the agent's kind of clients.
 var listNotWatchList = sync.OnceFunc(func() {
 	if os.Getenv("KUBE_FEATURE_"+string(clientfeatures.WatchListClient)) != "" {
 		return // the operator's choice, read by client-go's own gates
@@ -28,3 +32,5 @@ type noWatchList struct{ clientfeatures.Gates }
 func (g noWatchList) Enabled(f clientfeatures.Feature) bool {
 	return f != clientfeatures.WatchListClient && g.Gates.Enabled(f)
 }
+
+func init() { listNotWatchList() }
