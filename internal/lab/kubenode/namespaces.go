@@ -47,7 +47,7 @@ type nodeNamespaces struct {
 // The namespace files are named after id (the node's network namespace), so that CleanupStale
 // can tell a dead lab's from others.
 func createNamespaces(ctx context.Context, dir, id, hostname string, binds []bind) (ns *nodeNamespaces, err error) {
-	ns = &nodeNamespaces{dir: filepath.Join(dir, "ns")}
+	ns = &nodeNamespaces{dir: filepath.Join(dir, namespaceDirName)}
 	ns.mnt, ns.uts = filepath.Join(ns.dir, id+mntSuffix), filepath.Join(ns.dir, id+utsSuffix)
 	defer func() {
 		if err != nil {

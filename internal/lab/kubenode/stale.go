@@ -117,3 +117,45 @@ func removeIfExists(path string) error {
 	}
 	return nil
 }
+
+// namespaceDirName is the directory of a node's namespace files, bound onto itself (private)
+// before they are made.
+const namespaceDirName = "ns"
+
+// UnmountNamespaceDirs releases the namespace directories of the nodes under dir that no
+// longer hold a namespace (CleanupStale released those): a supervisor killed between binding
+// that directory onto itself and binding the namespaces there leaves the bind alone, which
+// CleanupStale cannot tell by name. Such a bind is the lab's own directory shown at itself,
+// so unmounting it loses nothing.
+func UnmountNamespaceDirs(dir string) error {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return err
+	}
+	mounts, err := readMounts()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, m := range mounts {
+		if filepath.Base(m.point) != namespaceDirName || !strings.HasPrefix(m.point, abs+"/") {
+			continue
+		}
+		if hasMountBelow(mounts, m.point) {
+			continue // a namespace is still bound there: not this function's to release
+		}
+		if err := unix.Unmount(m.point, unix.MNT_DETACH); err != nil && !errors.Is(err, unix.EINVAL) {
+			errs = append(errs, fmt.Errorf("unmounting %s: %w", m.point, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func hasMountBelow(mounts []mount, dir string) bool {
+	for _, m := range mounts {
+		if strings.HasPrefix(m.point, dir+"/") {
+			return true
+		}
+	}
+	return false
+}

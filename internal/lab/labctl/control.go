@@ -149,6 +149,9 @@ func Down(ctx context.Context, p Paths, name string, progress io.Writer) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	if err := kubenode.UnmountNamespaceDirs(p.Dir); err != nil {
+		return err
+	}
 	if mounts := mountsUnder(p.Dir); len(mounts) > 0 {
 		// Never remove files through a mount: they would be someone else's.
 		return fmt.Errorf("not removing %s: mounts remain under it: %s", p.Dir, strings.Join(mounts, ", "))
