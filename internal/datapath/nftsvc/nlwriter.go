@@ -11,9 +11,10 @@ import (
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
-	"github.com/mdlayher/netlink"
 	"golang.org/x/sys/unix"
 	"sigs.k8s.io/knftables"
+
+	"github.com/twill-net/twill/internal/datapath/nftconn"
 )
 
 // netlinkWriter writes straight to the kernel over netlink (google/nftables), one batch per
@@ -42,38 +43,10 @@ func elementsPerMessage(def *setDef) int {
 const socketBuffer = 1 << 30
 
 func newNetlinkWriter(netnsFD int) *netlinkWriter {
-	opts := []nftables.ConnOption{nftables.WithSockOptions(bigBuffers)}
-	if netnsFD >= 0 {
-		opts = append(opts, nftables.WithNetNSFd(netnsFD))
-	}
 	return &netlinkWriter{
-		newConn: func() (*nftables.Conn, error) { return nftables.New(opts...) },
+		newConn: nftconn.Opener(netnsFD, socketBuffer),
 		table:   &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet},
 	}
-}
-
-// bigBuffers raises the socket's buffers past the system's defaults (root may), and asks
-// for acknowledgements without a copy of the message acknowledged (which would double what
-// a large batch moves).
-func bigBuffers(c *netlink.Conn) error {
-	if err := c.SetOption(netlink.CapAcknowledge, true); err != nil {
-		return fmt.Errorf("netlink socket: %w", err)
-	}
-	raw, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := raw.Control(func(fd uintptr) {
-		for _, opt := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
-			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, opt, socketBuffer); e != nil && serr == nil {
-				serr = fmt.Errorf("netlink socket buffer: %w", e)
-			}
-		}
-	}); err != nil {
-		return err
-	}
-	return serr
 }
 
 func userdataComment(c string) []byte { return userdata.AppendString(nil, userdata.TypeComment, c) }
